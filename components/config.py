@@ -1,0 +1,206 @@
+"""Typed, strict parsing of params.yaml: one model per block, every knob checked before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = "params.yaml"
+BUILTIN = "builtin"
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ConfigError(Exception):
+    """params.yaml is missing, malformed, or holds a key or value Tuneline does not accept."""
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Block):
+    """Where the labelled data comes from and how it is split."""
+
+    path: str = BUILTIN
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = None
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+    seed: int = 42
+    max_rows: Annotated[int, Field(ge=10)] | None = None
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.path.strip() in ("", BUILTIN)
+
+    @model_validator(mode="after")
+    def _fractions_leave_room_to_train(self) -> DataParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} leaves under 10% "
+                "to train on; lower data.val_fraction or data.test_fraction"
+            )
+        return self
+
+
+class ValidateParams(_Block):
+    """Thresholds of the data checks that stop the pipeline."""
+
+    min_text_length: Annotated[int, Field(ge=1)] = 1
+    max_text_length: Annotated[int, Field(ge=1)] = 20_000
+    min_per_class: Annotated[int, Field(ge=1)] = 2
+    max_failed_rows_shown: Annotated[int, Field(ge=1, le=100)] = 5
+
+
+class AugmentParams(_Block):
+    """Label-preserving augmentation of the train split."""
+
+    enabled: bool = True
+    fraction: Annotated[float, Field(ge=0.0, le=5.0)] = 0.3
+    p_swap: Probability = 0.1
+    p_delete: Probability = 0.1
+    seed: int = 13
+
+
+class ModelParams(_Block):
+    """The pretrained backbone and the new classification head."""
+
+    name_or_path: str = BUILTIN
+    max_length: Annotated[int, Field(ge=8, le=4096)] = 128
+    classifier_dropout: Probability = 0.1
+    freeze_embeddings: bool = False
+    freeze_layers: Annotated[int, Field(ge=0)] = 0
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.name_or_path.strip() in ("", BUILTIN)
+
+
+class TrainParams(_Block):
+    """Fine-tuning hyperparameters (transformers Trainer, AdamW)."""
+
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 5e-5
+    weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 3.0
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 2
+    max_steps: Annotated[int, Field(ge=1)] | None = None
+    max_train_samples: Annotated[int, Field(ge=2)] | None = None
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class EvaluateParams(_Block):
+    """The quality gate: floors a candidate must clear before it may be packaged."""
+
+    min_macro_precision: Probability = 0.5
+    min_macro_recall: Probability = 0.5
+    min_macro_f1: Probability = 0.5
+    min_margin_over_baseline: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+
+
+class PackageParams(_Block):
+    """How a model that passed the gate is stored in the BentoML model store."""
+
+    model_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")] = "tuneline-text"
+
+
+class ServeParams(_Block):
+    """The HTTP service."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 3000
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    max_latency_ms: Annotated[int, Field(ge=1)] = 200
+    max_texts_per_request: Annotated[int, Field(ge=1)] = 256
+    max_text_chars: Annotated[int, Field(ge=1)] = 10_000
+
+
+class PathsParams(_Block):
+    """Every file the pipeline writes; dvc.yaml reads the same keys through ${paths.*}."""
+
+    raw_dir: str = "data/raw"
+    prepared: str = "data/prepared"
+    validation: str = "reports/validation.json"
+    augmented: str = "data/augmented"
+    model: str = "models/candidate"
+    train_metrics: str = "metrics/train.json"
+    metrics: str = "metrics/test.json"
+    verdict: str = "metrics/gate.json"
+    packaged: str = "models/packaged.json"
+
+
+class Params(_Block):
+    """The whole of params.yaml."""
+
+    data: DataParams = DataParams()
+    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    augment: AugmentParams = AugmentParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    package: PackageParams = PackageParams()
+    serve: ServeParams = ServeParams()
+    paths: PathsParams = PathsParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def validate_params(self) -> ValidateParams:
+        return self.validate_
+
+
+def _describe(error: dict) -> str:
+    """One line per pydantic error: the dotted key, what was wrong, and what is allowed."""
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key; remove it or check its spelling against params.yaml's documented keys"
+    given = error.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"{key}: {error['msg']}{shown}"
+
+
+def parse_params(raw: object, source: str = PARAMS_FILE) -> Params:
+    """Turn a parsed YAML document into Params, or raise ConfigError naming every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of blocks (data, train, ...), got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = "\n  ".join(_describe(err) for err in exc.errors())
+        raise ConfigError(f"{source} has {exc.error_count()} invalid setting(s):\n  {lines}") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and check params.yaml.
+
+    Args:
+        path: the params file; relative paths resolve against the working directory, as DVC runs stages.
+
+    Returns:
+        The typed parameters.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or holds unknown keys or bad values.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found; run from the project root, where params.yaml lives") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))

@@ -1,0 +1,76 @@
+"""Atomic file output and the on-disk format of data splits shared by every stage."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SPLITS = ("train", "val", "test")
+LABELS_FILE = "labels.json"
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `target` only if the block finishes without error."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write JSON with sorted keys and no timestamps, atomically, so diffs between runs mean something."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True, ensure_ascii=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file written by write_json."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def split_path(folder: str | Path, split: str) -> Path:
+    """The file that holds one split inside a prepared or augmented data folder."""
+    return Path(folder) / f"{split}.jsonl"
+
+
+def write_split(folder: str | Path, split: str, frame: pd.DataFrame) -> None:
+    """Write one split as JSON Lines (readable, diffable, exact for text)."""
+    frame.to_json(split_path(folder, split), orient="records", lines=True, force_ascii=False)
+
+
+def read_split(folder: str | Path, split: str) -> pd.DataFrame:
+    """Read one split written by write_split; labels always come back as strings."""
+    path = split_path(folder, split)
+    frame = pd.read_json(path, orient="records", lines=True, dtype={"text": str, "label": str})
+    if frame.empty:
+        frame = pd.DataFrame(columns=["text", "label", "source_row"])
+    return frame
+
+
+def read_labels(folder: str | Path) -> list[str]:
+    """The ordered label list written by the prepare stage."""
+    return list(read_json(Path(folder) / LABELS_FILE))
