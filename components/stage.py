@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
@@ -19,6 +20,12 @@ class StageError(Exception):
 
 def stage_main(name: str, run: Callable[[Params], R]) -> R:
     """Run one stage as `python -m components.<name>` does: from the project root, with params.yaml."""
+    # No options: every knob is in params.yaml. --help says so instead of running the stage.
+    argparse.ArgumentParser(
+        prog=f"python -m components.{name}",
+        description=(sys.modules["__main__"].__doc__ or "").strip(),
+        epilog="Reads params.yaml in the working directory; dvc.yaml lists this stage's inputs and outputs.",
+    ).parse_args()
     configure_environment()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     try:
