@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
 BUILTIN = "builtin"
@@ -123,6 +124,18 @@ class ServeParams(_Block):
     max_latency_ms: Annotated[int, Field(ge=1)] = 200
     max_texts_per_request: Annotated[int, Field(ge=1)] = 256
     max_text_chars: Annotated[int, Field(ge=1)] = 10_000
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_an_address(cls, host: str) -> str:
+        # BentoML binds to an IP address and fails on a name with a message that names no key.
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                "must be an IP address: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+            ) from None
+        return host
 
 
 class PathsParams(_Block):

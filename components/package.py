@@ -34,12 +34,21 @@ def refusal(verdict: dict[str, Any]) -> str:
     )
 
 
-def store(model_dir: str | Path, name: str, metadata: dict[str, Any]) -> str:
-    """Copy a trained model folder into the BentoML model store under `name`; return the new tag."""
+RECORD_FILE = "package.json"
+
+
+def store(model_dir: str | Path, name: str, metadata: dict[str, Any], record: dict[str, Any] | None = None) -> str:
+    """Copy a trained model folder into the BentoML model store under `name`; return the new tag.
+
+    `metadata` is what `bentoml models get` shows (BentoML takes only non-null scalars, lists and dicts);
+    `record`, when given, is saved whole as package.json beside the weights.
+    """
     import bentoml
 
     with bentoml.models.create(name=name, labels={"pipeline": "tuneline"}, metadata=metadata) as ref:
         shutil.copytree(model_dir, ref.path, dirs_exist_ok=True)
+        if record is not None:
+            write_json(Path(ref.path) / RECORD_FILE, record)
     return str(ref.tag)
 
 
@@ -68,12 +77,13 @@ def run(params: Params, model_dir: str | Path, metrics_path: str | Path, verdict
     metadata = {
         "labels": meta["labels"],
         "base_model": meta["base_model"],
-        "test_metrics": metrics["model"]["macro"] | {"accuracy": metrics["model"]["accuracy"]},
+        "test_macro": metrics["model"]["macro"],
+        "test_accuracy": metrics["model"]["accuracy"],
         "baseline_macro_f1": metrics["baseline"]["macro"]["f1"],
-        "gate": verdict,
-        "params": params.model_dump(mode="json", by_alias=True),
+        "gate_passed": True,
     }
-    tag = store(model_dir, params.package.model_name, metadata)
+    record = {"metrics": metrics, "gate": verdict, "params": params.model_dump(mode="json", by_alias=True)}
+    tag = store(model_dir, params.package.model_name, metadata, record)
     write_json(out_path, {"tag": tag, "model_name": params.package.model_name})
     log.info("packaged %s into the BentoML model store", tag)
     print(f"model: {tag}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ def reproduce_stage(root: str, stage: str) -> bool:
 
     logger = get_run_logger()
     try:
-        with Repo(root) as repo:
+        # DVC resolves some paths against the working directory, so work from the repository root.
+        with contextlib.chdir(root), Repo(".") as repo:
             ran = repo.reproduce(stage, single_item=True)
     except ReproductionError as exc:
         raise StageFailed(f"stage {stage!r} failed ({exc.__cause__ or exc}); its message is printed above") from None

@@ -33,6 +33,7 @@ def test_empty_document_gives_defaults() -> None:
         ({"evaluate": {"min_macro_f1": 2}}, "evaluate.min_macro_f1"),
         ({"package": {"model_name": "Bad Name!"}}, "package.model_name"),
         ({"serve": {"port": 70000}}, "serve.port"),
+        ({"serve": {"host": "localhost"}}, "serve.host: Value error, must be an IP address"),
     ],
 )
 def test_bad_values_are_named(raw: dict, named: str) -> None:

@@ -1,0 +1,1 @@
+"""HTTP serving of the promoted classifier: a BentoML service that reuses components/ for every step of inference."""
