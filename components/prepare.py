@@ -169,6 +169,17 @@ def label_list(frame: pd.DataFrame, configured: list[str] | None) -> list[str]:
     return sorted(frame["label"].dropna().unique().tolist())
 
 
+def warn_if_unwatched(params: DataParams, raw_dir: str | Path) -> None:
+    """Warn when data.path lies outside the folder dvc.yaml watches: DVC would not see that file change."""
+    if params.is_builtin:
+        return
+    if not Path(params.path).resolve().is_relative_to(Path(raw_dir).resolve()):
+        log.warning(
+            "data.path %s is outside %s, which dvc.yaml watches: `dvc repro` will not notice when that file "
+            "changes. Move or copy it into %s/ and point data.path there.", params.path, raw_dir, raw_dir
+        )
+
+
 def run(params: DataParams, out_dir: str | Path) -> PrepareResult:
     """Load, normalise and split the source; write the splits and labels.json atomically into out_dir.
 
@@ -196,7 +207,11 @@ def run(params: DataParams, out_dir: str | Path) -> PrepareResult:
 
 
 def main() -> None:
-    stage_main("prepare", lambda p: run(p.data, p.paths.prepared))
+    def _run(p: Params) -> PrepareResult:
+        warn_if_unwatched(p.data, p.paths.raw_dir)
+        return run(p.data, p.paths.prepared)
+
+    stage_main("prepare", _run)
 
 
 if __name__ == "__main__":

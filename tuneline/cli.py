@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.root = args.root.resolve()
     configure_environment(args.root)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Tuneline's own progress at INFO; the libraries' chatter (HTTP calls to Prefect's API, DVC hints) only when it
+    # is a warning. Prefect's flow and task logs have their own handlers and stay visible.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("components", "flows", "tuneline"):
+        logging.getLogger(name).setLevel(logging.INFO)
     try:
         load_params(args.root / "params.yaml")
         return {"run": _run, "serve": _serve, "predict": _predict}[args.command](args)

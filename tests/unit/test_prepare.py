@@ -119,3 +119,12 @@ def test_builtin_corpus_loads() -> None:
     assert set(data["label"]) == {"fresh", "rotten", "plot"}
     assert len(data) > 5000
     assert not data["text"].str.contains("\x85").any()
+
+
+def test_a_source_outside_the_watched_folder_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    inside = tmp_path / "raw" / "mine.csv"
+    with caplog.at_level("WARNING"):
+        prepare.warn_if_unwatched(DataParams(path=str(inside)), tmp_path / "raw")
+        assert not caplog.records
+        prepare.warn_if_unwatched(DataParams(path=str(tmp_path / "elsewhere.csv")), tmp_path / "raw")
+    assert "will not notice" in caplog.text
