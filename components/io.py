@@ -15,6 +15,8 @@ import pandas as pd
 
 SPLITS = ("train", "val", "test")
 LABELS_FILE = "labels.json"
+# Written by prepare beside the splits: rows read and kept, malformed source lines, noise removed from texts.
+SUMMARY_FILE = "summary.json"
 
 
 @contextlib.contextmanager
@@ -63,14 +65,33 @@ def write_split(folder: str | Path, split: str, frame: pd.DataFrame) -> None:
 
 
 def read_split(folder: str | Path, split: str) -> pd.DataFrame:
-    """Read one split written by write_split; labels always come back as strings."""
+    """Read one split written by write_split; labels always come back as strings.
+
+    Splits carry text, label, source_row (the row's 0-based index among the source's records) and line (where
+    the row starts in the source: its line in a CSV or JSONL file, its 1-based row in a Parquet file). A split
+    written without `line` (by hand, or before prepare wrote it) reads as it is.
+    """
     path = split_path(folder, split)
     frame = pd.read_json(path, orient="records", lines=True, dtype={"text": str, "label": str})
     if frame.empty:
-        frame = pd.DataFrame(columns=["text", "label", "source_row"])
+        frame = pd.DataFrame(columns=["text", "label", "source_row", "line"])
     return frame
 
 
 def read_labels(folder: str | Path) -> list[str]:
     """The ordered label list written by the prepare stage."""
     return list(read_json(Path(folder) / LABELS_FILE))
+
+
+def read_summary(folder: str | Path) -> dict[str, Any] | None:
+    """The prepare stage's summary.json, or None when the folder has none (written by hand or by an older prepare).
+
+    Keys: source, format (csv | jsonl | parquet), rows_read (records in the source, malformed ones included),
+    rows_kept (rows in the splits, after data.max_rows), malformed_count, malformed_lines (the first 100, each
+    {"line", "problem"}; "line" is the 1-based row for Parquet) and noise {rows_changed, characters_replaced}
+    (control/format characters normalise replaced in the kept texts; tabs and line breaks are not counted).
+    """
+    path = Path(folder) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    return dict(read_json(path))

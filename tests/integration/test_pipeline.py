@@ -3,88 +3,17 @@ and validation stopping bad data. No mocks: real DVC, Prefect, Great Expectation
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import dvc, set_params, stored_models, tree_digest
 
 pytestmark = pytest.mark.slow
 
-# A few hundred rows and a few dozen steps; floors low enough that a briefly trained model passes.
-TINY = {
-    "data": {"max_rows": 400},
-    "train": {"epochs": 2, "learning_rate": 1.0e-4, "batch_size": 16, "early_stopping_patience": 0},
-    "evaluate": {"min_macro_precision": 0.0, "min_macro_recall": 0.0, "min_macro_f1": 0.0,
-                 "min_margin_over_baseline": -1.0},
-}
-PROJECT_FILES = ["components", "flows", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "data/raw/.gitkeep"]
-
-
-def merge(base: dict, overrides: dict) -> dict:
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def set_params(project: Path, overrides: dict) -> None:
-    """Write the project's params.yaml as the repo's own, with TINY and then `overrides` applied."""
-    base = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
-    (project / "params.yaml").write_text(yaml.safe_dump(merge(merge(base, TINY), overrides), sort_keys=False))
-
-
-def sh(project: Path, *command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900)
-
-
-def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return sh(project, str(Path(sys.executable).parent / "dvc"), *args)
-
-
-def stored_models() -> list[str]:
-    import bentoml
-
-    return sorted(str(model.tag) for model in bentoml.models.list())
-
-
-def tree_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, project_root: Path) -> Path:
-    """A fresh git + DVC repository holding this checkout's pipeline, with tiny params."""
-    root = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        source, target = project_root / name, root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
-    set_params(root, {})
-    for command in (["git", "init", "-q"], ["git", "config", "user.email", "ci@tuneline.invalid"],
-                    ["git", "config", "user.name", "Tuneline CI"], ["git", "add", "-A"],
-                    ["git", "commit", "-q", "-m", "tiny pipeline"]):
-        assert sh(root, *command).returncode == 0
-    return root
-
-
-@pytest.fixture(scope="module")
-def reproduced(project: Path) -> subprocess.CompletedProcess:
-    """One full `dvc repro` of the tiny pipeline (fine-tuning included)."""
-    result = dvc(project, "repro")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+# The `project` and `reproduced` fixtures, and these helpers, live in conftest.py: one trained project per session,
+# shared with test_bad_data.py.
 
 
 def test_dvc_repro_trains_gates_and_packages(project: Path, reproduced: subprocess.CompletedProcess) -> None:
