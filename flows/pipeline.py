@@ -62,10 +62,28 @@ def verdict_markdown(verdict: dict[str, Any]) -> str:
     return f"# Gate: {'passed' if verdict['passed'] else 'FAILED'}\n\n" + "\n".join(lines)
 
 
+def publish_validation(root: Path, report_path: str) -> dict[str, Any]:
+    """Publish the validate stage's report (if it wrote one) as the "tuneline-validation" markdown artifact.
+
+    Returns:
+        {"validation": {"success", "results"}} from the report, or {} when there is no report yet.
+    """
+    from components.validate import render_markdown
+
+    if not (root / report_path).is_file():
+        return {}
+    report = read_json(root / report_path)
+    if "results" not in report:  # left by an older validate (its stage failed or did not run since): skip it
+        return {}
+    create_markdown_artifact(key="tuneline-validation", markdown=render_markdown(report),
+                             description="Tuneline data validation: every check, its severity and result")
+    return {"validation": {"success": report["success"], "results": report["results"]}}
+
+
 def publish(root: Path) -> dict[str, Any]:
     """Publish the metrics and the gate verdict (whichever exist) as Prefect artifacts; return them."""
     paths = load_params(root / "params.yaml").paths
-    found: dict[str, Any] = {}
+    found: dict[str, Any] = publish_validation(root, paths.validation)
     for key, path, render in (("metrics", paths.metrics, metrics_markdown), ("verdict", paths.verdict,
                                                                              verdict_markdown)):
         if (root / path).is_file():
