@@ -19,7 +19,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run serve predict test test-unit clean
+.PHONY: help install run serve predict test test-unit bench bench-validate bench-augment clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,14 @@ test: install  ## run the whole test suite (unit and integration)
 
 test-unit: install  ## run the unit tests only
 	$(PY) -m pytest -p no:cacheprovider tests/unit
+
+bench: bench-validate bench-augment  ## run every benchmark (bench/); figures are printed side by side
+
+bench-validate: install  ## prepare + validate a 1,000,000-row synthetic file: time and peak memory
+	$(PY) -m bench.validate_scale
+
+bench-augment: install  ## macro-F1 with and without augmentation at 32, 128 and all examples per class
+	$(PY) -m bench.augment_effect
 
 clean:  ## remove the venv and tool state (the DVC cache and the BentoML store stay)
 	rm -rf $(VENV) .prefect

@@ -31,6 +31,8 @@ class DataParams(_Block):
     text_column: str = "text"
     label_column: str = "label"
     labels: list[str] | None = None
+    delimiter: str | None = None
+    encoding: str = "utf-8"
     val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.15
     seed: int = 42
@@ -39,6 +41,35 @@ class DataParams(_Block):
     @property
     def is_builtin(self) -> bool:
         return self.path.strip() in ("", BUILTIN)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_strings(cls, value: object) -> object:
+        # YAML reads `labels: [0, 1]` as ints; prepared labels are strings ("0", "1"), so compare them as strings.
+        # Booleans (YAML's unquoted yes/no) stay as they are and fail with a message: "yes" or "True" is a guess.
+        if not isinstance(value, list):
+            return value
+        return [str(int(v)) if isinstance(v, float) and v.is_integer() else
+                str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value]
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str | None) -> str | None:
+        if value is not None and len(value) != 1:
+            raise ValueError("must be one character such as ',', ';', '|' or \"\\t\" (tab, in double quotes), "
+                             "or null to detect it")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError("unknown text encoding; use e.g. utf-8, cp1252, latin-1 or utf-16") from None
+        return value
 
     @model_validator(mode="after")
     def _fractions_leave_room_to_train(self) -> DataParams:
@@ -50,23 +81,97 @@ class DataParams(_Block):
         return self
 
 
+Severity = Literal["error", "warning", "off"]
+
+
+class ValidateSeverity(_Block):
+    """What each data check does when it fails: `error` stops the pipeline, `warning` reports and goes on, `off`
+    skips the check. The keys are the check names printed in validate's messages and report."""
+
+    missing_columns: Severity = "error"
+    empty_split: Severity = "error"
+    null_text: Severity = "error"
+    blank_text: Severity = "error"
+    text_length: Severity = "error"
+    control_characters: Severity = "error"
+    invalid_utf8: Severity = "error"
+    null_label: Severity = "error"
+    unknown_label: Severity = "error"
+    min_per_class: Severity = "error"
+    single_class: Severity = "error"
+    leakage: Severity = "error"
+    malformed_lines: Severity = "error"
+    imbalance: Severity = "warning"
+    exact_duplicates: Severity = "warning"
+    normalised_duplicates: Severity = "warning"
+    conflicting_labels: Severity = "warning"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_checks_and_yaml_off(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        unknown = sorted(str(key) for key in value if key not in cls.model_fields)
+        if unknown:
+            raise ValueError(f"unknown check(s) {unknown}; the checks are {sorted(cls.model_fields)}")
+        # YAML 1.1 reads an unquoted `off` as false; that is what the user meant.
+        return {key: "off" if given is False else given for key, given in value.items()}
+
+
 class ValidateParams(_Block):
-    """Thresholds of the data checks that stop the pipeline."""
+    """Thresholds of the data checks, and the severity of each check (error stops the pipeline)."""
 
     min_text_length: Annotated[int, Field(ge=1)] = 1
     max_text_length: Annotated[int, Field(ge=1)] = 20_000
     min_per_class: Annotated[int, Field(ge=1)] = 2
+    max_imbalance_ratio: Annotated[float, Field(ge=1.0)] = 10.0
     max_failed_rows_shown: Annotated[int, Field(ge=1, le=100)] = 5
+    severity: ValidateSeverity = ValidateSeverity()
+
+
+Multiplier = Annotated[float, Field(ge=0.0, le=100.0)]
 
 
 class AugmentParams(_Block):
-    """Label-preserving augmentation of the train split."""
+    """Label-preserving augmentation of the train split: how many copies, and which perturbations make them."""
 
     enabled: bool = True
-    fraction: Annotated[float, Field(ge=0.0, le=5.0)] = 0.3
-    p_swap: Probability = 0.1
-    p_delete: Probability = 0.1
+    copies_per_example: Multiplier = 0.5
+    per_class: dict[str, Multiplier] = {}
+    balance: bool = False
+    max_copies_per_example: Multiplier = 4.0
+    p_synonym: Probability = 0.1
+    p_insert: Probability = 0.05
+    p_swap: Probability = 0.03
+    p_delete: Probability = 0.05
+    p_char: Probability = 0.02
+    synonym_top_k: Annotated[int, Field(ge=1, le=100)] = 5
+    synonym_min_similarity: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.4
+    synonym_max_label_shift: Probability = 0.2
     seed: int = 13
+
+    @field_validator("per_class", mode="before")
+    @classmethod
+    def _labels_as_strings(cls, value: object) -> object:
+        # YAML reads `1: 2.0` with an int key; prepared labels are strings ("1"), so compare them as strings.
+        if isinstance(value, dict):
+            return {str(int(k)) if isinstance(k, float) and k.is_integer() else str(k): v for k, v in value.items()}
+        return {} if value is None else value
+
+    @property
+    def uses_synonyms(self) -> bool:
+        return self.p_synonym > 0 or self.p_insert > 0
+
+    @model_validator(mode="after")
+    def _multipliers_under_the_cap(self) -> AugmentParams:
+        multipliers = {"copies_per_example": self.copies_per_example,
+                       **{f"per_class.{label}": m for label, m in self.per_class.items()}}
+        over = {key: m for key, m in multipliers.items() if m > self.max_copies_per_example}
+        if over:
+            shown = ", ".join(f"{key} = {value:g}" for key, value in over.items())
+            raise ValueError(f"{shown} above max_copies_per_example = {self.max_copies_per_example:g}; "
+                             "lower it or raise augment.max_copies_per_example")
+        return self
 
 
 class ModelParams(_Block):
@@ -144,6 +249,7 @@ class PathsParams(_Block):
     raw_dir: str = "data/raw"
     prepared: str = "data/prepared"
     validation: str = "reports/validation.json"
+    validation_html: str = "reports/validation.html"
     augmented: str = "data/augmented"
     model: str = "models/candidate"
     train_metrics: str = "metrics/train.json"
