@@ -182,6 +182,7 @@ class ModelParams(_Block):
     classifier_dropout: Probability = 0.1
     freeze_embeddings: bool = False
     freeze_layers: Annotated[int, Field(ge=0)] = 0
+    freeze_backbone: bool = False  # train only the head: a linear probe
 
     @property
     def is_builtin(self) -> bool:
@@ -197,6 +198,9 @@ class TrainParams(_Block):
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    head_learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    class_weights: Literal["none", "balanced"] | dict[str, Annotated[float, Field(gt=0.0)]] = "none"
     early_stopping_patience: Annotated[int, Field(ge=0)] = 2
     max_steps: Annotated[int, Field(ge=1)] | None = None
     max_train_samples: Annotated[int, Field(ge=2)] | None = None

@@ -33,8 +33,11 @@ class TrainResult:
 
 
 def freeze(model: Any, params: ModelParams) -> tuple[int, int]:
-    """Freeze the embeddings and/or the bottom encoder layers; return (trainable, total) parameter counts."""
+    """Freeze the whole backbone, the embeddings and/or the bottom encoder layers; return (trainable, total) counts."""
     backbone = model.base_model
+    if params.freeze_backbone:
+        for parameter in backbone.parameters():
+            parameter.requires_grad = False
     if params.freeze_embeddings:
         for parameter in backbone.embeddings.parameters():
             parameter.requires_grad = False
@@ -50,6 +53,65 @@ def freeze(model: Any, params: ModelParams) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, total
+
+
+def class_weight_vector(train_labels: list[str], labels: list[str], spec: str | dict[str, float]) -> list[float] | None:
+    """Per-label loss weights in label order: None for `none`; inverse frequency for `balanced`; or as given."""
+    if spec == "none":
+        return None
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - set(labels))
+        if unknown:
+            raise StageError(f"train.class_weights names {unknown}, which are not labels; the labels are {labels}")
+        return [float(spec.get(label, 1.0)) for label in labels]
+    from sklearn.utils.class_weight import compute_class_weight
+
+    missing = sorted(set(labels) - set(train_labels))
+    if missing:
+        raise StageError(f"train.class_weights is balanced, but {missing} have no train rows to weigh")
+    return [float(w) for w in compute_class_weight("balanced", classes=np.array(labels), y=np.array(train_labels))]
+
+
+def cross_entropy_loss(weights: list[float] | None, label_smoothing: float) -> Any:
+    """A Trainer `compute_loss_func`: cross-entropy with class weights and label smoothing.
+
+    Summed and divided by the number of labelled items in the whole (accumulated) batch when Trainer passes it, as
+    Trainer expects of a custom loss, so gradient accumulation gives the same gradients as one big batch.
+    """
+    import torch
+
+    weight = torch.tensor(weights, dtype=torch.float32) if weights is not None else None
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        w = weight.to(logits.device) if weight is not None else None
+        if num_items_in_batch is None:
+            return torch.nn.functional.cross_entropy(logits.float(), labels, weight=w, label_smoothing=label_smoothing)
+        total = torch.nn.functional.cross_entropy(logits.float(), labels, weight=w, label_smoothing=label_smoothing,
+                                                  reduction="sum")
+        return total / num_items_in_batch
+
+    return loss
+
+
+def split_head_learning_rate(optimizer: Any, model: Any, head_learning_rate: float) -> Any:
+    """The optimizer with the head's parameters (everything outside model.base_model) moved into groups of their
+    own at head_learning_rate; weight-decay grouping is kept."""
+    backbone = {id(p) for p in model.base_model.parameters()}
+    groups = []
+    for group in optimizer.param_groups:
+        settings = {key: value for key, value in group.items() if key != "params"}
+        body = [p for p in group["params"] if id(p) in backbone]
+        head = [p for p in group["params"] if id(p) not in backbone]
+        if body:
+            groups.append({**settings, "params": body})
+        if head:
+            groups.append({**settings, "params": head, "lr": head_learning_rate})
+    # Regroup in place (no step taken yet, so no state to carry): add_param_group fills in the optimizer's defaults.
+    optimizer.param_groups.clear()
+    for group in groups:
+        optimizer.add_param_group(group)
+    return optimizer
 
 
 class EncodedTexts:
@@ -119,6 +181,22 @@ def training_arguments(params: TrainParams, output_dir: str, device: str, has_va
     )
 
 
+def _trainer_class(head_learning_rate: float | None) -> Any:
+    """transformers' Trainer, or a subclass whose optimizer gives the new head its own learning rate."""
+    from transformers import Trainer
+
+    if head_learning_rate is None:
+        return Trainer
+
+    class HeadLearningRateTrainer(Trainer):
+        def create_optimizer(self, model: Any = None) -> Any:
+            optimizer = super().create_optimizer(model)
+            self.optimizer = split_head_learning_rate(optimizer, self.model, head_learning_rate)
+            return self.optimizer
+
+    return HeadLearningRateTrainer
+
+
 def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str | Path, prepared_dir: str | Path,
         out_dir: str | Path, metrics_path: str | Path) -> TrainResult:
     """Fine-tune the pretrained model on the (augmented) train split, selecting the best epoch on val macro-F1.
@@ -139,7 +217,6 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
         AutoTokenizer,
         DataCollatorWithPadding,
         EarlyStoppingCallback,
-        Trainer,
         set_seed,
     )
 
@@ -172,8 +249,13 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
     if val_set is not None and train_params.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience))
 
+    weights = class_weight_vector(train["label"].tolist(), labels, train_params.class_weights)
+    # The model's own loss is plain cross-entropy; a custom one only when weights or smoothing ask for it.
+    loss_func = (cross_entropy_loss(weights, train_params.label_smoothing)
+                 if weights is not None or train_params.label_smoothing else None)
+
     with tempfile.TemporaryDirectory(prefix="tuneline-checkpoints-") as checkpoints:
-        trainer = Trainer(
+        trainer = _trainer_class(train_params.head_learning_rate)(
             model=model,
             args=training_arguments(train_params, checkpoints, device, has_val=val_set is not None),
             train_dataset=train_set,
@@ -181,6 +263,7 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=macro_f1_metrics,
             callbacks=callbacks,
+            compute_loss_func=loss_func,
         )
         output = trainer.train()
         best = trainer.evaluate() if val_set is not None else {}

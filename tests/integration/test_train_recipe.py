@@ -1,0 +1,55 @@
+"""The recipe options through a real transformers Trainer run on the pip-shipped MiniLM (a few steps)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.config import DataParams, ModelParams, TrainParams
+from components.io import read_json, read_split, write_split
+from components.model import resolve_model
+from components.predict import Classifier
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from components import prepare
+
+    folder = tmp_path_factory.mktemp("recipe") / "prepared"
+    prepare.run(DataParams(max_rows=150), folder)
+    return folder
+
+
+def test_frozen_layers_stay_put_while_weighted_smoothed_head_trains(prepared: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from components import train
+
+    augmented = tmp_path / "augmented"
+    augmented.mkdir()
+    write_split(augmented, "train", read_split(prepared, "train"))
+    model_params = ModelParams(freeze_embeddings=True, freeze_layers=3)
+    train_params = TrainParams(max_steps=4, batch_size=8, class_weights="balanced", label_smoothing=0.1,
+                               head_learning_rate=1e-3, early_stopping_patience=0)
+    result = train.run(model_params, train_params, augmented, prepared, tmp_path / "model", tmp_path / "m.json")
+
+    assert result.steps == 4
+    assert result.trainable_params < result.total_params
+    base = load_file(str(Path(resolve_model(model_params)[0]) / "model.safetensors"))
+    tuned = load_file(str(tmp_path / "model" / "model.safetensors"))
+
+    def weight(state: dict, suffix: str) -> torch.Tensor:
+        return next(value for key, value in state.items() if key.endswith(suffix))
+
+    frozen = ["embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight",
+              "encoder.layer.2.output.dense.weight"]
+    for name in frozen:
+        assert torch.equal(weight(base, name), weight(tuned, name)), name
+    assert not torch.equal(weight(base, "encoder.layer.5.output.dense.weight"),
+                           weight(tuned, "encoder.layer.5.output.dense.weight"))
+    assert read_json(tmp_path / "model" / "tuneline.json")["train"]["class_weights"] == "balanced"
+    probabilities = Classifier.load(tmp_path / "model").predict_proba(["a fine film", "dull"])
+    assert probabilities.shape == (2, 3)
+    assert probabilities.sum(axis=1) == pytest.approx([1.0, 1.0])

@@ -1,0 +1,102 @@
+"""The training recipe's pure pieces: freezing, class weights, the loss, and the head's learning rate."""
+
+import pytest
+import torch
+
+from components.config import ModelParams, TrainParams, parse_params
+from components.stage import StageError
+from components.train import class_weight_vector, cross_entropy_loss, freeze, split_head_learning_rate
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=32, num_labels=3)
+    return config
+
+
+def fresh(config):
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(config)
+
+
+@pytest.mark.parametrize(
+    ("params", "frozen_prefixes"),
+    [
+        (ModelParams(), []),
+        (ModelParams(freeze_embeddings=True), ["bert.embeddings."]),
+        (ModelParams(freeze_layers=2), ["bert.encoder.layer.0.", "bert.encoder.layer.1."]),
+        (ModelParams(freeze_backbone=True), ["bert."]),
+    ],
+)
+def test_freezing_leaves_exactly_the_rest_trainable(tiny_model, params, frozen_prefixes) -> None:
+    model = fresh(tiny_model)
+    trainable, total = freeze(model, params)
+    for name, parameter in model.named_parameters():
+        assert parameter.requires_grad == (not any(name.startswith(p) for p in frozen_prefixes)), name
+    assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert total == sum(p.numel() for p in model.parameters())
+    if params.freeze_backbone:
+        assert trainable == sum(p.numel() for p in model.classifier.parameters())
+
+
+def test_freezing_more_layers_than_exist_is_named(tiny_model) -> None:
+    with pytest.raises(StageError, match="freeze_layers = 5, but the model has 3 layers"):
+        freeze(fresh(tiny_model), ModelParams(freeze_layers=5))
+
+
+def test_class_weights() -> None:
+    labels = ["a", "b", "c"]
+    train = ["a"] * 6 + ["b"] * 3 + ["c"]
+    assert class_weight_vector(train, labels, "none") is None
+    assert class_weight_vector(train, labels, "balanced") == pytest.approx([10 / 18, 10 / 9, 10 / 3])
+    assert class_weight_vector(train, labels, {"c": 4.0}) == [1.0, 1.0, 4.0]
+    with pytest.raises(StageError, match="not labels"):
+        class_weight_vector(train, labels, {"z": 2.0})
+    with pytest.raises(StageError, match="no train rows"):
+        class_weight_vector(["a", "b"], labels, "balanced")
+
+
+def test_class_weights_param_is_strict() -> None:
+    assert parse_params({"train": {"class_weights": {"pos": 2}}}).train.class_weights == {"pos": 2.0}
+    with pytest.raises(Exception, match="train.class_weights"):
+        parse_params({"train": {"class_weights": "inverse"}})
+
+
+def test_loss_matches_torch_and_respects_accumulation() -> None:
+    torch.manual_seed(1)
+    logits, labels = torch.randn(8, 3), torch.tensor([0, 1, 2, 0, 1, 2, 0, 0])
+    plain = cross_entropy_loss(None, 0.0)
+    assert plain({"logits": logits}, labels) == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
+    # Two halves of an accumulated batch, each divided by the whole batch's count, add up to the full mean.
+    halves = [plain({"logits": logits[i:i + 4]}, labels[i:i + 4], num_items_in_batch=8) for i in (0, 4)]
+    assert sum(halves).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
+    weighted = cross_entropy_loss([1.0, 2.0, 3.0], 0.1)({"logits": logits}, labels)
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=torch.tensor([1.0, 2.0, 3.0]),
+                                                 label_smoothing=0.1)
+    assert weighted.item() == pytest.approx(expected.item())
+
+
+def test_head_gets_its_own_learning_rate(tiny_model) -> None:
+    model = fresh(tiny_model)
+    decay = {"params": [p for n, p in model.named_parameters() if "bias" not in n], "weight_decay": 0.01}
+    no_decay = {"params": [p for n, p in model.named_parameters() if "bias" in n], "weight_decay": 0.0}
+    optimizer = split_head_learning_rate(torch.optim.AdamW([decay, no_decay], lr=5e-5), model, 1e-3)
+    head = {id(p) for p in model.classifier.parameters()}
+    seen = 0
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= head or not ids & head  # no group mixes head and backbone
+        assert group["lr"] == (1e-3 if ids <= head else 5e-5)
+        seen += len(group["params"])
+    assert seen == len(list(model.parameters()))
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.01, 0.0}
+
+
+def test_default_train_params_keep_the_models_own_loss() -> None:
+    params = TrainParams()
+    assert params.class_weights == "none" and params.label_smoothing == 0.0 and params.head_learning_rate is None
