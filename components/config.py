@@ -196,6 +196,7 @@ class TrainParams(_Block):
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 3.0
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
     head_learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] | None = None

@@ -157,6 +157,7 @@ def training_arguments(params: TrainParams, output_dir: str, device: str, has_va
         num_train_epochs=params.epochs,
         max_steps=params.max_steps or -1,
         per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
         per_device_eval_batch_size=params.batch_size * 2,
         warmup_steps=params.warmup_ratio,
         lr_scheduler_type=params.lr_scheduler,

@@ -31,8 +31,8 @@ def test_frozen_layers_stay_put_while_weighted_smoothed_head_trains(prepared: Pa
     augmented.mkdir()
     write_split(augmented, "train", read_split(prepared, "train"))
     model_params = ModelParams(freeze_embeddings=True, freeze_layers=3)
-    train_params = TrainParams(max_steps=4, batch_size=8, class_weights="balanced", label_smoothing=0.1,
-                               head_learning_rate=1e-3, early_stopping_patience=0)
+    train_params = TrainParams(max_steps=4, batch_size=4, gradient_accumulation_steps=2, class_weights="balanced",
+                               label_smoothing=0.1, head_learning_rate=1e-3, early_stopping_patience=0)
     result = train.run(model_params, train_params, augmented, prepared, tmp_path / "model", tmp_path / "m.json")
 
     assert result.steps == 4

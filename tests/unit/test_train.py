@@ -100,3 +100,14 @@ def test_head_gets_its_own_learning_rate(tiny_model) -> None:
 def test_default_train_params_keep_the_models_own_loss() -> None:
     params = TrainParams()
     assert params.class_weights == "none" and params.label_smoothing == 0.0 and params.head_learning_rate is None
+
+
+def test_training_arguments_carry_the_train_block(tmp_path) -> None:
+    from components.train import training_arguments
+
+    params = TrainParams(gradient_accumulation_steps=4, batch_size=8, lr_scheduler="cosine", warmup_ratio=0.2)
+    args = training_arguments(params, str(tmp_path), "cpu", has_val=True)
+    assert args.gradient_accumulation_steps == 4 and args.per_device_train_batch_size == 8
+    assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.2
+    assert args.metric_for_best_model == "macro_f1" and args.load_best_model_at_end
+    assert not args.bf16 and not args.fp16
