@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import AugmentParams, ModelParams, Params
-from components.io import atomic_dir, read_json, read_split, write_json, write_split
+from components.io import SUMMARY_FILE, atomic_dir, read_json, read_split, write_json, write_split
 from components.stage import StageError, stage_main
 from components.text import dedup_key
 
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 Synonyms = Mapping[str, tuple[str, ...]]
 
-SUMMARY_FILE = "summary.json"
 # Tries for a copy that differs from its original and from every train, val and test text before giving up.
 MAX_ATTEMPTS = 10
 MIN_WORD_LETTERS = 3

@@ -228,7 +228,10 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
     if train_params.max_train_samples and len(train) > train_params.max_train_samples:
         train = train.sample(n=train_params.max_train_samples, random_state=train_params.seed)
     source, base_name = resolve_model(model_params)
-    device = pick_device(train_params.device)
+    try:
+        device = pick_device(train_params.device)
+    except RuntimeError as exc:  # train.device: cuda on a machine without one
+        raise StageError(str(exc)) from None
     set_seed(train_params.seed)
 
     tokenizer = AutoTokenizer.from_pretrained(source)

@@ -9,8 +9,8 @@ from components.train import class_weight_vector, cross_entropy_loss, freeze, sp
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    from transformers import BertConfig, BertForSequenceClassification
+def tiny_config():
+    from transformers import BertConfig
 
     config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
                         intermediate_size=32, num_labels=3)
@@ -33,8 +33,8 @@ def fresh(config):
         (ModelParams(freeze_backbone=True), ["bert."]),
     ],
 )
-def test_freezing_leaves_exactly_the_rest_trainable(tiny_model, params, frozen_prefixes) -> None:
-    model = fresh(tiny_model)
+def test_freezing_leaves_exactly_the_rest_trainable(tiny_config, params, frozen_prefixes) -> None:
+    model = fresh(tiny_config)
     trainable, total = freeze(model, params)
     for name, parameter in model.named_parameters():
         assert parameter.requires_grad == (not any(name.startswith(p) for p in frozen_prefixes)), name
@@ -44,9 +44,9 @@ def test_freezing_leaves_exactly_the_rest_trainable(tiny_model, params, frozen_p
         assert trainable == sum(p.numel() for p in model.classifier.parameters())
 
 
-def test_freezing_more_layers_than_exist_is_named(tiny_model) -> None:
+def test_freezing_more_layers_than_exist_is_named(tiny_config) -> None:
     with pytest.raises(StageError, match="freeze_layers = 5, but the model has 3 layers"):
-        freeze(fresh(tiny_model), ModelParams(freeze_layers=5))
+        freeze(fresh(tiny_config), ModelParams(freeze_layers=5))
 
 
 def test_class_weights() -> None:
@@ -81,8 +81,8 @@ def test_loss_matches_torch_and_respects_accumulation() -> None:
     assert weighted.item() == pytest.approx(expected.item())
 
 
-def test_head_gets_its_own_learning_rate(tiny_model) -> None:
-    model = fresh(tiny_model)
+def test_head_gets_its_own_learning_rate(tiny_config) -> None:
+    model = fresh(tiny_config)
     decay = {"params": [p for n, p in model.named_parameters() if "bias" not in n], "weight_decay": 0.01}
     no_decay = {"params": [p for n, p in model.named_parameters() if "bias" in n], "weight_decay": 0.0}
     optimizer = split_head_learning_rate(torch.optim.AdamW([decay, no_decay], lr=5e-5), model, 1e-3)
