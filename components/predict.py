@@ -48,13 +48,15 @@ class Classifier:
     def load(cls, model_dir: str | Path, device: str = "auto") -> Classifier:
         """Load a folder written by the train stage (weights as safetensors, tokenizer, tuneline.json)."""
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from components.model import load_trained
 
         model_dir = Path(model_dir)
         meta = read_meta(model_dir)
         device = pick_device(device)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        model = load_trained(model_dir, meta.get("model", {}))
         if device == "cuda" and torch.cuda.is_bf16_supported():
             model = model.to(torch.bfloat16)
         model.to(device).eval()

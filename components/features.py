@@ -1,0 +1,194 @@
+"""The frozen-feature cache: when only the head trains, run the frozen backbone once per data version, keep what it
+feeds the head on disk, and train the head on that.
+
+A head-only epoch then costs a few matrix products instead of a forward and backward pass through the encoder.
+The cache key is a hash of the frozen weights and the token ids, so another model, tokenizer, max_length or data
+version gets its own entry and a stale one is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.model import head_attribute
+
+log = logging.getLogger(__name__)
+
+
+class NotCacheable(Exception):
+    """This model's trainable part is more than a head fed by one vector per text; train it the ordinary way."""
+
+
+def cacheable_head(model: Any) -> tuple[Any, Any]:
+    """(dropout, head): the modules that turn the frozen backbone's vector into logits, when every trainable
+    parameter is inside the head; raises NotCacheable otherwise (e.g. DistilBERT's trainable pre_classifier)."""
+    import torch
+
+    head = getattr(model, head_attribute(model))
+    head_ids = {id(p) for p in head.parameters()}
+    outside = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in head_ids]
+    if outside:
+        raise NotCacheable(f"{len(outside)} trainable tensors outside the head (e.g. {outside[0]})")
+    dropout = getattr(model, "dropout", None)
+    if not isinstance(dropout, torch.nn.Dropout):
+        dropout = torch.nn.Identity()
+    return dropout, head
+
+
+def head_inputs(model: Any, encoded: list[dict[str, Any]], pad_token_id: int, batch_size: int,
+                device: str) -> Any:
+    """What the head receives for each text (rows in input order), from one inference pass of the frozen model.
+
+    The pass runs in eval mode (no dropout) on batches of similar length. The head applied to these vectors is
+    checked against the model's own logits on the first batch, so a model that does more between backbone and head
+    raises NotCacheable instead of training on the wrong inputs.
+    """
+    _, head = cacheable_head(model)
+    captured: list[Any] = []
+    hook = head.register_forward_pre_hook(lambda _module, args: captured.append(args[0].detach()))
+
+    def vectors(ids: Any, mask: Any, first: bool) -> Any:
+        captured.clear()
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        if len(captured) != 1 or captured[0].dim() != 2:
+            raise NotCacheable("the head does not receive one vector per text")
+        if first and not _close(head(captured[0]), logits):
+            raise NotCacheable("the head's input alone does not reproduce the model's logits")
+        return captured[0]
+
+    try:
+        return _each_text(model, encoded, pad_token_id, batch_size, device, vectors)
+    finally:
+        hook.remove()
+
+
+def mean_pooled(model: Any, encoded: list[dict[str, Any]], pad_token_id: int, batch_size: int, device: str) -> Any:
+    """The backbone's last hidden states averaged over each text's real tokens: the usual embedding for a linear
+    probe of any encoder, whatever head its architecture puts on top."""
+
+    def vectors(ids: Any, mask: Any, first: bool) -> Any:
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    return _each_text(model, encoded, pad_token_id, batch_size, device, vectors)
+
+
+def _close(a: Any, b: Any) -> bool:
+    import torch
+
+    return bool(torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-3))
+
+
+def _each_text(model: Any, encoded: list[dict[str, Any]], pad_token_id: int, batch_size: int, device: str,
+               vectors: Any) -> Any:
+    """vectors(ids, mask, first_batch) for every text, run in eval mode on length-sorted batches; rows in input
+    order, float32 on the CPU."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    lengths = np.array([len(item["input_ids"]) for item in encoded])
+    order = np.argsort(lengths, kind="stable")
+    out: Any = None
+    try:
+        with torch.no_grad():  # not inference_mode: the features become training inputs
+            for start in range(0, len(order), batch_size):
+                index = order[start : start + batch_size]
+                width = int(lengths[index].max())
+                ids = torch.full((len(index), width), pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(index), width), dtype=torch.long)
+                for row, i in enumerate(index):
+                    n = int(lengths[i])
+                    ids[row, :n] = torch.tensor(encoded[i]["input_ids"])
+                    mask[row, :n] = 1
+                batch = vectors(ids.to(device), mask.to(device), start == 0).float().cpu()
+                if out is None:
+                    out = torch.zeros((len(encoded), batch.shape[1]), dtype=torch.float32)
+                out[torch.as_tensor(index)] = batch
+    finally:
+        model.train(was_training)
+    return out
+
+
+def cache_key(model: Any, encoded: list[dict[str, Any]], kind: str = "head") -> str:
+    """A hash of the kind of vector, the frozen weights (everything but the head) and the token ids: one entry per
+    model + data."""
+    import torch
+
+    digest = hashlib.sha256(kind.encode())
+    head = head_attribute(model) + "."
+    for name, tensor in sorted(model.state_dict().items()):
+        if not name.startswith(head):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for item in encoded:
+        digest.update(np.asarray(item["input_ids"], dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:24]
+
+
+def cached_vectors(model: Any, encoded: list[dict[str, Any]], pad_token_id: int, batch_size: int, device: str,
+                   cache_dir: str | Path | None, kind: str = "head") -> tuple[Any, bool]:
+    """head_inputs (kind "head") or mean_pooled (kind "mean"), read from cache_dir when this model + data was seen
+    before; (vectors, was_cached)."""
+    from safetensors.torch import load_file, save_file
+
+    compute = head_inputs if kind == "head" else mean_pooled
+    if cache_dir is None:
+        return compute(model, encoded, pad_token_id, batch_size, device), False
+    path = Path(cache_dir) / f"{cache_key(model, encoded, kind)}.safetensors"
+    if path.is_file():
+        features = load_file(str(path))["features"]
+        if features.shape[0] == len(encoded):
+            return features, True
+    features = compute(model, encoded, pad_token_id, batch_size, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
+    save_file({"features": features.contiguous()}, str(partial))
+    partial.replace(path)  # atomic: a run killed mid-write leaves no half-written entry
+    return features, False
+
+
+class HeadOnly:
+    """Factory for the head-only module Trainer trains on cached features (built lazily: torch imports late)."""
+
+    @staticmethod
+    def build(dropout: Any, head: Any) -> Any:
+        import torch
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        class _HeadOnly(torch.nn.Module):
+            """dropout -> head: the model's own modules (the same objects), so training updates the full model."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.dropout = dropout
+                self.head = head
+
+            def forward(self, features: Any, labels: Any = None) -> Any:
+                logits = self.head(self.dropout(features))
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+                return SequenceClassifierOutput(loss=loss, logits=logits)
+
+        return _HeadOnly()
+
+
+class FeatureRows:
+    """A torch-style dataset of cached feature vectors and label ids."""
+
+    def __init__(self, features: Any, labels: list[int]) -> None:
+        self.features = features
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"features": self.features[index], "labels": self.labels[index]}
