@@ -176,7 +176,7 @@ def training_arguments(params: TrainParams, output_dir: str, device: str, has_va
         per_device_eval_batch_size=params.batch_size * 2,
         warmup_steps=params.warmup_ratio,
         lr_scheduler_type=params.lr_scheduler,
-        optim="adamw_torch",
+        optim="adamw_torch_fused",
         train_sampling_strategy="group_by_length" if group else "random",
         eval_strategy=every if has_val else "no",
         save_strategy=every,
@@ -475,9 +475,11 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
     if val_data is not None and train_params.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience))
     weights = class_weight_vector(train["label"].tolist(), labels, train_params.class_weights)
-    # The model's own loss is plain cross-entropy; a custom one only when weights or smoothing ask for it.
+    # The model's own loss is plain cross-entropy. A custom one when weights or smoothing ask for it, and under DDP:
+    # there Trainer multiplies the loss by the process count, assuming it was divided by the items in the whole
+    # (all-process) batch, which ours is and BERT's own mean is not (its gradients came out doubled with 2 processes).
     loss_func = (cross_entropy_loss(weights, train_params.label_smoothing)
-                 if weights is not None or train_params.label_smoothing else None)
+                 if weights is not None or train_params.label_smoothing or world_size > 1 else None)
 
     temporary = tempfile.TemporaryDirectory(prefix="tuneline-checkpoints-") if work_dir is None else None
     checkpoints = Path(temporary.name) if temporary is not None else \

@@ -226,12 +226,17 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(prepared: Path, aug
 def test_two_process_ddp_on_the_cpu(prepared: Path, augmented: Path, tmp_path: Path) -> None:
     project = stage_project(tmp_path / "ddp", prepared, augmented,
                             {"epochs": 1, "batch_size": 8, "num_processes": 2, "launcher": "torchrun"})
+    single = stage_project(tmp_path / "single", prepared, augmented, {"epochs": 1, "batch_size": 16})
     output = finish(start_stage(project))
+    finish(start_stage(single))
 
     assert "torch.distributed.run" in output
     rows = len(read_split(augmented, "train"))
     metrics = read_json(project / "metrics" / "train.json")
     assert metrics["steps"] == -(-rows // 16)  # two processes of 8 per step: half the single-process steps
+    # Two processes of 8 are one batch of 16: the validation loss lands where one process's does. (It was twice
+    # as high while Trainer scaled BERT's own mean loss by the process count.)
+    assert metrics["val_loss"] == pytest.approx(read_json(single / "metrics" / "train.json")["val_loss"], abs=0.05)
     from components.predict import Classifier
 
     assert Classifier.load(project / "models" / "candidate").predict_proba(["a film"]).shape == (1, 3)
