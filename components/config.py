@@ -264,12 +264,19 @@ class TrainParams(_Block):
 
 
 class EvaluateParams(_Block):
-    """The quality gate: floors a candidate must clear before it may be packaged."""
+    """The quality gate: floors a candidate must clear, and how it must compare with the champion."""
 
     min_macro_precision: Probability = 0.5
     min_macro_recall: Probability = 0.5
     min_macro_f1: Probability = 0.5
+    min_class_recall: Probability = 0.0  # every class's recall must reach this
     min_margin_over_baseline: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.0
+    max_prediction_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95  # collapse: one class takes this much
+    val_loss_below_chance: bool = True  # collapse: the validation loss must end below a constant predictor's
+    when_indistinguishable: Literal["promote", "keep"] = "keep"  # candidate vs champion within noise
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95  # of the bootstrap intervals
+    bootstrap_resamples: Annotated[int, Field(ge=100, le=100_000)] = 1000
+    seed: int = 0
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
 
 
@@ -314,6 +321,10 @@ class PathsParams(_Block):
     train_metrics: str = "metrics/train.json"
     metrics: str = "metrics/test.json"
     verdict: str = "metrics/gate.json"
+    predictions: str = "reports/predictions.csv"  # every test row: label, predicted, probability, text
+    per_class: str = "reports/per_class.csv"
+    reliability: str = "reports/reliability.csv"
+    evaluation_report: str = "reports/evaluation.md"
     packaged: str = "models/packaged.json"
     train_live: str = "metrics/train"  # dvclive: loss, learning rate and validation metrics per step
     model_selection: str = "metrics/model_selection.json"

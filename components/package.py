@@ -1,9 +1,12 @@
-"""Stage `package`: store a candidate that passed the gate in the BentoML model store, or refuse and say why."""
+"""Stage `package`: store a candidate the gate let through in the BentoML model store with its record and model
+card, make it the champion when the verdict says promote, or refuse and say why."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ def refusal(verdict: dict[str, Any]) -> str:
     """The message for a candidate the gate refused: every failed condition with its numbers, then the fix."""
     lines = [f"  - {failure['message']}" for failure in verdict.get("failures", [])] or ["  - (no conditions recorded)"]
     return (
-        "the candidate failed the quality gate, so nothing was packaged and the current model stays in place:\n"
+        "the candidate failed the quality gate, so nothing was packaged and the champion stays in place:\n"
         + "\n".join(lines)
         + "\nImprove the data or the training params (or, deliberately, the floors in the evaluate block of "
         "params.yaml), then rerun."
@@ -35,13 +38,15 @@ def refusal(verdict: dict[str, Any]) -> str:
 
 
 RECORD_FILE = "package.json"
+MODEL_CARD = "MODEL_CARD.md"
 
 
-def store(model_dir: str | Path, name: str, metadata: dict[str, Any], record: dict[str, Any] | None = None) -> str:
+def store(model_dir: str | Path, name: str, metadata: dict[str, Any], record: dict[str, Any] | None = None,
+          card: Callable[[str], str] | None = None) -> str:
     """Copy a trained model folder into the BentoML model store under `name`; return the new tag.
 
     `metadata` is what `bentoml models get` shows (BentoML takes only non-null scalars, lists and dicts);
-    `record`, when given, is saved whole as package.json beside the weights.
+    `record`, when given, is saved whole as package.json beside the weights, and `card(tag)` as MODEL_CARD.md.
     """
     import bentoml
 
@@ -49,31 +54,129 @@ def store(model_dir: str | Path, name: str, metadata: dict[str, Any], record: di
         shutil.copytree(model_dir, ref.path, dirs_exist_ok=True)
         if record is not None:
             write_json(Path(ref.path) / RECORD_FILE, record)
+        if card is not None:
+            (Path(ref.path) / MODEL_CARD).write_text(card(str(ref.tag)), encoding="utf-8")
     return str(ref.tag)
 
 
+
+def data_version(lock_path: str | Path, paths: list[str]) -> dict[str, str]:
+    """The DVC hashes (md5 of the folder) of the data folders that made the model, from dvc.lock.
+
+    Empty when the pipeline did not run under DVC (no dvc.lock): the record then says so rather than guessing.
+    """
+    import yaml
+
+    lock_path = Path(lock_path)
+    if not lock_path.is_file():
+        return {}
+    stages = (yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}).get("stages", {})
+    found = {}
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if out.get("path") in paths and out.get("md5"):
+                found[out["path"]] = out["md5"]
+    return dict(sorted(found.items()))
+
+
+def code_revision(root: str | Path = ".") -> str:
+    """The git commit the code was at, with `+dirty` when tracked files had changes; `unknown` outside git."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def model_card(tag: str, record: dict[str, Any]) -> str:
+    """A model card in markdown: what the model is, how it scored, what made it, and what the gate decided."""
+    metrics, verdict, provenance = record["metrics"], record["gate"], record["provenance"]
+    model, baseline = metrics["model"], metrics["baseline"]
+    intervals = model.get("intervals", {})
+
+    def ci(key: str) -> str:
+        low_high = intervals.get(key)
+        return f" [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else ""
+
+    lines = [
+        f"# Model card: {tag}",
+        "",
+        f"- Task: text classification into {', '.join(provenance['labels'])}",
+        f"- Base model: {provenance['base_model']}",
+        f"- Code revision: {provenance['code_revision']}",
+        "- Data version (DVC md5): " + (", ".join(f"{k} {v}" for k, v in provenance["data_version"].items())
+                                        or "not run under DVC"),
+        f"- Gate decision: **{verdict.get('decision', 'promote')}**: {verdict.get('reason', '')}",
+        "",
+        f"## Test metrics ({metrics['test_rows']} rows; 95% bootstrap intervals)",
+        "",
+        "| | model | TF-IDF baseline |",
+        "|---|---|---|",
+        f"| accuracy | {model['accuracy']:.4f}{ci('accuracy')} | {baseline['accuracy']:.4f} |",
+        f"| macro precision | {model['macro']['precision']:.4f}{ci('macro_precision')} | "
+        f"{baseline['macro']['precision']:.4f} |",
+        f"| macro recall | {model['macro']['recall']:.4f}{ci('macro_recall')} | {baseline['macro']['recall']:.4f} |",
+        f"| macro F1 | {model['macro']['f1']:.4f}{ci('macro_f1')} | {baseline['macro']['f1']:.4f} |",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+        *[f"| {label} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | {c['support']} |"
+          for label, c in model["per_class"].items()],
+        "",
+        "## Training",
+        "",
+        f"- model params: `{json.dumps(record['params']['model'], sort_keys=True)}`",
+        f"- train params: `{json.dumps(record['params']['train'], sort_keys=True)}`",
+        "",
+        "## Gate",
+        "",
+        *[f"- [{'x' if check['passed'] else ' '}] {check['message']}" for check in verdict.get("checks", [])],
+        "",
+        "Intended use: the labels above, on text like the training data. The test split is small, so figures carry "
+        "the intervals shown; check them before relying on a difference.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def run(params: Params, model_dir: str | Path, metrics_path: str | Path, verdict_path: str | Path,
-        out_path: str | Path) -> PackageResult:
-    """Package the candidate when the gate passed.
+        out_path: str | Path, lock_path: str | Path = "dvc.lock") -> PackageResult:
+    """Store a candidate the gate let through, and make it the champion when the verdict says promote.
 
     Args:
         params: all params (package.model_name names the model; the rest is recorded with it).
         model_dir: the trained model folder (paths.model).
         metrics_path: the evaluate stage's test metrics (paths.metrics).
         verdict_path: the evaluate stage's gate verdict (paths.verdict).
-        out_path: where to record the stored tag (paths.packaged).
+        out_path: where to record the stored tag and the decision (paths.packaged).
+        lock_path: dvc.lock, for the data version recorded with the model.
 
     Returns:
         The tag of the stored model.
 
     Raises:
-        StageError: the gate did not pass; nothing is stored and out_path is left as it was.
+        StageError: the verdict refused the candidate; nothing is stored, the champion and out_path stay as they
+            were.
     """
+    from components import registry
+
     verdict = read_json(verdict_path)
-    if not verdict.get("passed"):
+    decision = verdict.get("decision", "promote" if verdict.get("passed") else "refuse")
+    if decision == "refuse" or not verdict.get("passed"):
         raise StageError(refusal(verdict))
     metrics = read_json(metrics_path)
     meta = read_meta(model_dir)
+    provenance = {
+        "base_model": meta["base_model"],
+        "labels": meta["labels"],
+        "code_revision": code_revision(),
+        "data_version": data_version(lock_path, [params.paths.prepared, params.paths.augmented]),
+    }
     metadata = {
         "labels": meta["labels"],
         "base_model": meta["base_model"],
@@ -81,12 +184,24 @@ def run(params: Params, model_dir: str | Path, metrics_path: str | Path, verdict
         "test_accuracy": metrics["model"]["accuracy"],
         "baseline_macro_f1": metrics["baseline"]["macro"]["f1"],
         "gate_passed": True,
+        "decision": decision,
+        "code_revision": provenance["code_revision"],
+        "data_version": provenance["data_version"],
     }
-    record = {"metrics": metrics, "gate": verdict, "params": params.model_dump(mode="json", by_alias=True)}
-    tag = store(model_dir, params.package.model_name, metadata, record)
-    write_json(out_path, {"tag": tag, "model_name": params.package.model_name})
-    log.info("packaged %s into the BentoML model store", tag)
-    print(f"model: {tag}")
+    record = {"metrics": metrics, "gate": verdict, "params": params.model_dump(mode="json", by_alias=True),
+              "provenance": provenance}
+    name = params.package.model_name
+    tag = store(model_dir, name, metadata, record, card=lambda t: model_card(t, record))
+    previous = registry.champion(name)
+    if decision == "promote":
+        registry.set_champion(name, tag, "promote", verdict.get("reason", "passed the gate"))
+        print(f"model: {tag} (promoted: the champion now; was {previous or 'none'})")
+    else:
+        print(f"model: {tag} (stored; the champion stays {previous}: {verdict.get('reason', '')})\n"
+              f"promote it anyway with: tuneline promote {tag}")
+    write_json(out_path, {"tag": tag, "model_name": name, "decision": decision,
+                          "champion": registry.champion(name)})
+    log.info("packaged %s into the BentoML model store (%s)", tag, decision)
     return PackageResult(tag=tag)
 
 

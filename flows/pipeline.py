@@ -57,9 +57,11 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
 
 
 def verdict_markdown(verdict: dict[str, Any]) -> str:
-    """The gate verdict as a markdown checklist."""
+    """The gate verdict as a markdown checklist, headed by the decision (promote, keep or refuse) and its reason."""
     lines = [f"- [{'x' if check['passed'] else ' '}] {check['message']}" for check in verdict["checks"]]
-    return f"# Gate: {'passed' if verdict['passed'] else 'FAILED'}\n\n" + "\n".join(lines)
+    decision = verdict.get("decision", "promote" if verdict["passed"] else "refuse")
+    head = f"# Gate: {'passed' if verdict['passed'] else 'FAILED'}, decision: {decision}"
+    return head + f"\n\n{verdict.get('reason', '')}\n\n" + "\n".join(lines)
 
 
 def publish_validation(root: Path, report_path: str) -> dict[str, Any]:
@@ -90,6 +92,10 @@ def publish(root: Path) -> dict[str, Any]:
             found[key] = read_json(root / path)
             create_markdown_artifact(key=f"tuneline-{key}", markdown=render(found[key]),
                                      description=f"Tuneline {key}")
+    if (root / paths.evaluation_report).is_file():
+        create_markdown_artifact(key="tuneline-evaluation",
+                                 markdown=(root / paths.evaluation_report).read_text(encoding="utf-8"),
+                                 description="Tuneline evaluation: metrics with intervals, champion, mistakes")
     if (root / paths.packaged).is_file():
         found["model_tag"] = read_json(root / paths.packaged)["tag"]
     return found

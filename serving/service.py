@@ -1,8 +1,8 @@
 """The BentoML service that serves the champion classifier from the BentoML model store.
 
 Start it from the project root with `bentoml serve serving.service:TunelineService`; host and port come from the
-serve block of params.yaml (--host/--port override them). TUNELINE_MODEL_TAG picks a stored model other than
-`<package.model_name>:latest`. Pre- and post-processing live in components.predict, shared with evaluation.
+serve block of params.yaml (--host/--port override them). It serves the champion (`tuneline models` shows it;
+`tuneline promote` / `tuneline rollback` change it); TUNELINE_MODEL_TAG picks another stored model. Pre- and post-processing live in components.predict, shared with evaluation.
 
     POST /classify  {"texts": ["a gripping film", ...]}
     -> 200 [{"label": "pos", "probability": 0.93, "probabilities": {"neg": 0.07, "pos": 0.93}}, ...]
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from components.config import PARAMS_FILE, load_params
+from components.registry import champion
 
 MODEL_TAG_ENV = "TUNELINE_MODEL_TAG"
 CLASSIFY_ROUTE = "/classify"
@@ -82,8 +83,10 @@ class JsonBodyOnly:
 class TunelineService:
     """Classifies texts with the model the pipeline's package stage put in the BentoML model store."""
 
-    # At class scope, so that `bentoml build` records the model and carries it into the Bento.
-    model = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV) or f"{_params.package.model_name}:latest")
+    # At class scope, so that `bentoml build` records the model and carries it into the Bento: the champion (the
+    # registry's pointer), unless TUNELINE_MODEL_TAG names another; the newest stored one if none was promoted.
+    model = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV) or champion(_params.package.model_name)
+                                      or f"{_params.package.model_name}:latest")
 
     def __init__(self) -> None:
         from components.predict import Classifier

@@ -1,4 +1,5 @@
-"""The `tuneline` command: run the pipeline, serve the packaged model, or predict from the command line."""
+"""The `tuneline` command: run the pipeline, serve the champion, predict from the command line, and list, promote
+or roll back stored models."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from components.config import ConfigError, load_params
 from components.env import configure_environment
+from components.stage import StageError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -45,19 +47,64 @@ def _serve(args: argparse.Namespace) -> int:
     port = str(args.port or params.serve.port)
     command = [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:TunelineService",
                "--host", host, "--port", port]
-    print(f"serving {params.package.model_name}:latest on http://{host}:{port} (Ctrl-C stops)", flush=True)
+    from components import registry
+
+    name = params.package.model_name
+    tag = os.environ.get("TUNELINE_MODEL_TAG") or registry.champion(name) or f"{name}:latest"
+    print(f"serving {tag} on http://{host}:{port} (Ctrl-C stops)", flush=True)
     os.chdir(args.root)
     os.execv(command[0], command)
     return 0  # not reached
 
 
+def _models(args: argparse.Namespace) -> int:
+    from components import registry
+
+    name = load_params(args.root / "params.yaml").package.model_name
+    models = registry.stored_models(name)
+    if not models:
+        print(f"no {name} models in the BentoML store at {os.environ['BENTOML_HOME']}; run `make run` first")
+        return 0
+    print(f"{'':2}{'tag':<36}{'created (UTC)':<27}{'test macro-F1':>14}  {'decision':<9} base model")
+    for model in models:
+        f1 = f"{model.test_macro_f1:.4f}" if model.test_macro_f1 is not None else "-"
+        print(f"{'*' if model.champion else ' ':2}{model.tag:<36}{model.created:<27}{f1:>14}  "
+              f"{model.decision or '-':<9} {model.base_model or '-'}")
+    print("\n* = champion (served by `make serve`).  History:")
+    for event in registry.history(name)[-10:]:
+        print(f"  {event['at']}  {event['event']:<8} {event['tag']}  (was {event['previous']}; by {event['by']}): "
+              f"{event['reason']}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from components import registry
+
+    name = load_params(args.root / "params.yaml").package.model_name
+    previous = registry.set_champion(name, args.tag, "promote", args.reason or "promoted by hand")
+    print(f"{registry.champion(name)} is the champion (was {previous}); restart `make serve` to serve it")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from components import registry
+
+    name = load_params(args.root / "params.yaml").package.model_name
+    previous = registry.champion(name)
+    tag = registry.rollback(name, args.tag)
+    print(f"{tag} is the champion again (was {previous}); restart `make serve` to serve it")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     import bentoml
 
+    from components import registry
     from components.predict import Classifier
 
     params = load_params(args.root / "params.yaml")
-    tag = args.model or f"{params.package.model_name}:latest"
+    name = params.package.model_name
+    tag = args.model or registry.champion(name) or f"{name}:latest"
     try:
         model = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
@@ -81,12 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (holds params.yaml, dvc.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="run the whole pipeline as a Prefect flow (only stale DVC stages run)")
-    serve = commands.add_parser("serve", help="serve the packaged model over HTTP (BentoML)")
+    serve = commands.add_parser("serve", help="serve the champion over HTTP (BentoML)")
     serve.add_argument("--host", help="bind address (default: serve.host in params.yaml)")
     serve.add_argument("--port", type=int, help="port (default: serve.port in params.yaml)")
-    predict = commands.add_parser("predict", help="classify texts with the packaged model")
+    predict = commands.add_parser("predict", help="classify texts with the champion (or --model)")
     predict.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
-    predict.add_argument("--model", help="BentoML model tag (default: <package.model_name>:latest)")
+    predict.add_argument("--model", help="BentoML model tag (default: the champion)")
+    commands.add_parser("models", help="list the stored models with their test metrics; mark the champion")
+    promote = commands.add_parser("promote", help="make a stored model the champion (logged)")
+    promote.add_argument("tag", help="its BentoML tag, as `tuneline models` lists it")
+    promote.add_argument("--reason", help="why, for the history")
+    rollback = commands.add_parser("rollback", help="make the previous champion (or TAG) the champion again")
+    rollback.add_argument("tag", nargs="?", help="a stored model's tag (default: the champion before this one)")
     return parser
 
 
@@ -102,10 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         load_params(args.root / "params.yaml")
-        return {"run": _run, "serve": _serve, "predict": _predict}[args.command](args)
+        commands = {"run": _run, "serve": _serve, "predict": _predict, "models": _models, "promote": _promote,
+                    "rollback": _rollback}
+        return commands[args.command](args)
     except ConfigError as exc:
         print(f"tuneline {args.command}: {exc}", file=sys.stderr)
         return 2
+    except StageError as exc:
+        print(f"tuneline {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ import yaml
 TINY = {
     "data": {"max_rows": 400},
     "train": {"epochs": 2, "learning_rate": 1.0e-4, "batch_size": 16, "early_stopping_patience": 0},
-    "evaluate": {"min_macro_precision": 0.0, "min_macro_recall": 0.0, "min_macro_f1": 0.0,
-                 "min_margin_over_baseline": -1.0},
+    "evaluate": {"min_macro_precision": 0.0, "min_macro_recall": 0.0, "min_macro_f1": 0.0, "min_class_recall": 0.0,
+                 "min_margin_over_baseline": -1.0, "max_prediction_share": 1.0, "val_loss_below_chance": False},
 }
 PROJECT_FILES = ["components", "flows", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "data/raw/.gitkeep"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,12 +44,12 @@ def set_params(project: Path, overrides: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(merge(merge(base, TINY), overrides), sort_keys=False))
 
 
-def sh(project: Path, *command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900)
+def sh(project: Path, *command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=project, capture_output=True, text=True, timeout=900, env=env)
 
 
-def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return sh(project, str(Path(sys.executable).parent / "dvc"), *args)
+def dvc(project: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return sh(project, str(Path(sys.executable).parent / "dvc"), *args, env=env)
 
 
 def stored_models() -> list[str]:
@@ -66,23 +66,27 @@ def tree_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture(scope="session")
-def project(tmp_path_factory: pytest.TempPathFactory, project_root: Path) -> Path:
-    """A fresh git + DVC repository holding this checkout's pipeline, with tiny params."""
-    root = tmp_path_factory.mktemp("project")
+def make_project(root: Path, source: Path) -> Path:
+    """A fresh git + DVC repository at root holding `source`'s pipeline, with tiny params, committed."""
     for name in PROJECT_FILES:
-        source, target = project_root / name, root / name
+        origin, target = source / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        if origin.is_dir():
+            shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            shutil.copy2(source, target)
+            shutil.copy2(origin, target)
     set_params(root, {})
     for command in (["git", "init", "-q"], ["git", "config", "user.email", "ci@tuneline.invalid"],
                     ["git", "config", "user.name", "Tuneline CI"], ["git", "add", "-A"],
                     ["git", "commit", "-q", "-m", "tiny pipeline"]):
         assert sh(root, *command).returncode == 0
     return root
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory, project_root: Path) -> Path:
+    """A fresh git + DVC repository holding this checkout's pipeline, with tiny params."""
+    return make_project(tmp_path_factory.mktemp("project"), project_root)
 
 
 @pytest.fixture(scope="session")
