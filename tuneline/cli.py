@@ -31,10 +31,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"test macro-F1:        model {model['f1']:.4f}   TF-IDF baseline {baseline['f1']:.4f}")
         print(f"test macro P / R:     model {model['precision']:.4f} / {model['recall']:.4f}   "
               f"accuracy {metrics['model']['accuracy']:.4f}   ({metrics['test_rows']} test rows)")
-    print(f"gate:                 {'passed' if result.get('verdict', {}).get('passed') else 'not passed'}"
-          f" ({params.paths.verdict})")
+    verdict = result.get("verdict", {})
+    print(f"gate:                 {'passed' if verdict.get('passed') else 'not passed'}"
+          f", decision: {verdict.get('decision', '-')} ({params.paths.verdict})")
+    if verdict.get("reason"):
+        print(f"                      {verdict['reason']}")
     print(f"model tag:            {result.get('model_tag', '(none packaged)')}"
           f"   (BentoML store: {os.environ['BENTOML_HOME']})")
+    from components import registry
+
+    print(f"champion (served):    {registry.champion(params.package.model_name) or '(none yet)'}"
+          "   (tuneline models lists them all)")
     print(f"model folder:         {params.paths.model}")
     print(f"metrics:              {params.paths.metrics} (also: dvc metrics show)")
     print("serve it:             make serve")

@@ -95,3 +95,22 @@ def reproduced(project: Path) -> subprocess.CompletedProcess:
     result = dvc(project, "repro")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 120) -> None:
+    """Wait for a `bentoml serve` subprocess to answer /readyz; fail with its log if it dies or never does."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"bentoml serve exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    pytest.fail(f"no /readyz within {timeout_s} s:\n{log_path.read_text(errors='replace')}")

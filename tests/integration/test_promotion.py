@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import dvc, make_project, set_params, sh
+from conftest import dvc, make_project, set_params, sh, wait_ready
 
 from components.io import read_split
 from components.predict import Classifier
@@ -145,16 +144,7 @@ def serve_and_ask(project: Path, env: dict[str, str], port: int) -> np.ndarray:
                                    start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, log.read_text(errors="replace")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
+        wait_ready(url, process, log)
         response = httpx.post(f"{url}/classify", json={"texts": TEXTS}, timeout=60)
         assert response.status_code == 200, response.text
         labels = sorted(response.json()[0]["probabilities"])

@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from conftest import wait_ready
 
 from components.config import load_params
 from components.predict import META_FILE, Classifier
@@ -28,7 +28,6 @@ TEXTS = [
     "ok",
     "An utterly forgettable sequel that nobody asked for, with a plot as thin as the paper it was written on.",
 ]
-READY_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +71,7 @@ def server(model_dir: Path, project_root: Path, tmp_path_factory: pytest.TempPat
                                    start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, process, log_path)
+        wait_ready(url, process, log_path)
         yield url
     finally:
         _stop(process)
@@ -84,20 +83,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _wait_ready(url: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"bentoml serve exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    pytest.fail(f"no /readyz within {READY_TIMEOUT_S} s:\n{log_path.read_text(errors='replace')}")
 
 
 def _stop(process: subprocess.Popen) -> None:
