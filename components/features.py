@@ -156,28 +156,24 @@ def cached_vectors(model: Any, encoded: list[dict[str, Any]], pad_token_id: int,
     return features, False
 
 
-class HeadOnly:
-    """Factory for the head-only module Trainer trains on cached features (built lazily: torch imports late)."""
+def head_only(dropout: Any, head: Any) -> Any:
+    """dropout -> head as a module Trainer can train on cached features. They are the model's own modules (the same
+    objects), so training it updates the full model."""
+    import torch
+    from transformers.modeling_outputs import SequenceClassifierOutput
 
-    @staticmethod
-    def build(dropout: Any, head: Any) -> Any:
-        import torch
-        from transformers.modeling_outputs import SequenceClassifierOutput
+    class HeadOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dropout = dropout
+            self.head = head
 
-        class _HeadOnly(torch.nn.Module):
-            """dropout -> head: the model's own modules (the same objects), so training updates the full model."""
+        def forward(self, features: Any, labels: Any = None) -> Any:
+            logits = self.head(self.dropout(features))
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+            return SequenceClassifierOutput(loss=loss, logits=logits)
 
-            def __init__(self) -> None:
-                super().__init__()
-                self.dropout = dropout
-                self.head = head
-
-            def forward(self, features: Any, labels: Any = None) -> Any:
-                logits = self.head(self.dropout(features))
-                loss = torch.nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
-                return SequenceClassifierOutput(loss=loss, logits=logits)
-
-        return _HeadOnly()
+    return HeadOnly()
 
 
 class FeatureRows:

@@ -449,7 +449,7 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
 
         from transformers import default_data_collator
 
-        from components.features import FeatureRows, HeadOnly, NotCacheable, cacheable_head, cached_vectors
+        from components.features import FeatureRows, NotCacheable, cacheable_head, cached_vectors, head_only
 
         try:
             started = time.perf_counter()
@@ -462,7 +462,7 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
             if val_set is not None:
                 val_features, _ = cached_vectors(model, val_set.items, pad, batch, device, cache_dir)
                 val_data = FeatureRows(val_features, [item["labels"] for item in val_set.items])
-            trained, collator, length_grouping = HeadOnly.build(dropout, head), default_data_collator, False
+            trained, collator, length_grouping = head_only(dropout, head), default_data_collator, False
             feature_seconds = time.perf_counter() - started
             log.info("feature cache: %s frozen-backbone features for %d train rows in %.1f s; the head trains on them",
                      "read" if hit else "computed", len(train_set), feature_seconds)
