@@ -295,6 +295,10 @@ class ServeParams(_Block):
     max_latency_ms: Annotated[int, Field(ge=1)] = 200
     max_texts_per_request: Annotated[int, Field(ge=1)] = 256
     max_text_chars: Annotated[int, Field(ge=1)] = 10_000
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4_000_000
+    batching: bool = True
+    top_k: Annotated[int, Field(ge=1)] = 3
+    access_log: bool = True
 
     @field_validator("host")
     @classmethod

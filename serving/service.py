@@ -1,35 +1,56 @@
 """The BentoML service that serves the champion classifier from the BentoML model store.
 
-Start it from the project root with `bentoml serve serving.service:TunelineService`; host and port come from the
-serve block of params.yaml (--host/--port override them). It serves the champion (`tuneline models` shows it;
-`tuneline promote` / `tuneline rollback` change it); TUNELINE_MODEL_TAG picks another stored model. Pre- and post-processing live in components.predict, shared with evaluation.
+Start it from the project root with `bentoml serve serving.service:TunelineService` (or `make serve`); host, port,
+limits and batching come from the serve block of params.yaml, or of the file TUNELINE_PARAMS names. It serves the
+champion (`tuneline models` shows it; `tuneline promote` / `tuneline rollback` change it); TUNELINE_MODEL_TAG picks
+another stored model. Pre- and post-processing live in components.predict, shared with the evaluate stage.
 
-    POST /classify  {"texts": ["a gripping film", ...]}
-    -> 200 [{"label": "pos", "probability": 0.93, "probabilities": {"neg": 0.07, "pos": 0.93}}, ...]
-    -> 400 {"error": "...", "detail": [...]} for a malformed request; 415 for a body that is not JSON.
+    POST /classify  {"texts": ["a gripping film", ...], "top_k": 2}
+    -> 200 {"model": "tuneline-text:abc", "predictions": [{"label": "fresh", "probability": 0.93,
+            "top_k": [{"label": "fresh", "probability": 0.93}, {"label": "rotten", "probability": 0.05}]}, ...]}
+    GET /model -> the served model's tag, labels, test metrics and data version
+    -> 400 for a malformed request, 401 without the API key (when TUNELINE_API_KEY is set), 413 for a body over
+       serve.max_body_bytes, 415 for a body that is not JSON, 503 when a request waited past serve.max_latency_ms.
+
+BentoML's /livez, /readyz, /metrics and /docs (OpenAPI) stay on and need no key.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from fastapi import FastAPI
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from components.config import PARAMS_FILE, load_params
 from components.registry import champion
+from components.text import normalise
 
 MODEL_TAG_ENV = "TUNELINE_MODEL_TAG"
+PARAMS_ENV = "TUNELINE_PARAMS"
+API_KEY_ENV = "TUNELINE_API_KEY"
 CLASSIFY_ROUTE = "/classify"
+MODEL_ROUTE = "/model"
 
-# BentoML reads the batching limits, the request schema and the model reference when the class is defined, so the
-# params load at import. The path is resolved against this file, not the working directory, so the same params apply
+# BentoML reads the limits, the request schema and the model reference when the class is defined, so the params load
+# at import. The default path is resolved against this file, not the working directory, so the same params apply
 # under `bentoml serve` from the project root and inside a built Bento (whose src/ holds params.yaml).
-_params = load_params(Path(__file__).resolve().parents[1] / PARAMS_FILE)
+_params = load_params(os.environ.get(PARAMS_ENV) or Path(__file__).resolve().parents[1] / PARAMS_FILE)
 _serve = _params.serve
+
+
+def _not_blank(text: str) -> str:
+    """Refuse a text that normalisation (as in training) leaves empty: there is nothing to classify."""
+    if not normalise(text):
+        raise ValueError("the text is empty or only whitespace and control characters; send some words")
+    return text
 
 
 class ClassifyRequest(BaseModel):
@@ -38,48 +59,162 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", title="ClassifyRequest")
 
     texts: Annotated[
-        list[Annotated[str, Field(max_length=_serve.max_text_chars)]],
+        list[Annotated[str, Field(max_length=_serve.max_text_chars), AfterValidator(_not_blank)]],
         Field(
             min_length=1,
             max_length=_serve.max_texts_per_request,
             description=f"1 to {_serve.max_texts_per_request} texts of at most {_serve.max_text_chars} characters each",
         ),
     ]
+    top_k: Annotated[int | None, Field(ge=1, description=(
+        f"labels to return per text, most likely first (default {_serve.top_k}; more than the model has = all)"
+    ))] = None
 
 
-class LabelPrediction(BaseModel):
-    """One text's most likely label, its probability, and the probability of every label (summing to 1)."""
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class TextPrediction(BaseModel):
+    """One text's most likely label and its probability, and the top_k labels with theirs, most likely first."""
 
     label: str
     probability: float
-    probabilities: dict[str, float]
+    top_k: list[LabelProbability]
 
 
-class JsonBodyOnly:
-    """ASGI middleware: answer 415 to a POST on `paths` whose body is declared as anything but JSON.
+class ClassifyResponse(BaseModel):
+    """The tag of the model that answered, and one prediction per text, in request order."""
 
-    BentoML would otherwise hand form and multipart bodies to its form parser, which fails with a 500 on garbage.
+    model: str
+    predictions: list[TextPrediction]
+
+
+class ModelInfo(BaseModel):
+    """What is being served: the stored model, its labels, the test metrics it was packaged with, its data version."""
+
+    tag: str
+    labels: list[str]
+    champion: bool = Field(description="whether the registry names this model the champion")
+    base_model: str | None = None
+    metrics: dict[str, Any] | None = Field(None, description="the evaluate stage's test metrics of this model")
+    data_version: dict[str, str] | None = Field(None, description="DVC md5 of the data sets it was trained on")
+    code_revision: str | None = None
+    decision: str | None = Field(None, description="the gate's decision when it was packaged")
+    batching: bool
+    device: str
+
+
+info_app = FastAPI(title="tuneline model info")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class RequestGuard:
+    """ASGI middleware in front of the API routes: the API key, the body size limit and the JSON-only rule.
+
+    The key (when TUNELINE_API_KEY is set) is required on `protected` routes, as `Authorization: Bearer KEY` or
+    `X-API-Key: KEY`. A POST body on `json_paths` is read here up to `max_body_bytes` (413 beyond, before anything
+    parses it) and must be declared as JSON (415 otherwise: BentoML would hand form and multipart bodies to its form
+    parser, which fails with a 500 on garbage).
     """
 
-    def __init__(self, app: Any, paths: tuple[str, ...]) -> None:
+    def __init__(self, app: Any, protected: tuple[str, ...], json_paths: tuple[str, ...], max_body_bytes: int) -> None:
         self.app = app
-        self.paths = paths
+        self.protected = protected
+        self.json_paths = json_paths
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            declared = dict(scope["headers"]).get(b"content-type", b"application/json")
-            media_type = declared.split(b";")[0].strip().decode("latin-1").lower()
-            if media_type != "application/json":
-                response = JSONResponse(
-                    {"error": f"the body must be JSON sent as Content-Type: application/json, got {media_type!r}"},
-                    status_code=415,
-                )
-                await response(scope, receive, send)
-                return
+        if scope["type"] != "http" or scope["path"] not in self.protected:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        refusal = self._unauthorised(headers)
+        if refusal is None and scope["method"] == "POST" and scope["path"] in self.json_paths:
+            refusal = self._not_json(headers) or self._declared_too_large(headers)
+            if refusal is None:
+                body, refusal = await self._read_body(receive)
+                if refusal is None:
+                    receive = _replay(body)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
+    @staticmethod
+    def _unauthorised(headers: dict[bytes, bytes]) -> JSONResponse | None:
+        key = os.environ.get(API_KEY_ENV)
+        if not key:
+            return None
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        given = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+        given = given or headers.get(b"x-api-key", b"").decode("latin-1").strip()
+        if given and hmac.compare_digest(given.encode(), key.encode()):
+            return None
+        what = "a wrong API key" if given else "no API key"
+        return _error(401, f"{what}: this server requires the key set in its {API_KEY_ENV}; "
+                           "send it as the header 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                      {"WWW-Authenticate": "Bearer"})
 
-@bentoml.service(name="tuneline", http={"host": _serve.host, "port": _serve.port})
+    @staticmethod
+    def _not_json(headers: dict[bytes, bytes]) -> JSONResponse | None:
+        declared = headers.get(b"content-type", b"application/json")
+        media_type = declared.split(b";")[0].strip().decode("latin-1").lower()
+        if media_type == "application/json":
+            return None
+        return _error(415, f"the body must be JSON sent as Content-Type: application/json, got {media_type!r}")
+
+    def _declared_too_large(self, headers: dict[bytes, bytes]) -> JSONResponse | None:
+        declared = headers.get(b"content-length")  # uvicorn has already answered 400 to one that is not a number
+        return self._too_large() if declared is not None and int(declared) > self.max_body_bytes else None
+
+    def _too_large(self) -> JSONResponse:
+        return _error(413, f"the request body is larger than {self.max_body_bytes} bytes (serve.max_body_bytes); "
+                           "send fewer or shorter texts per request")
+
+    async def _read_body(self, receive: Any) -> tuple[bytes, JSONResponse | None]:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b"", _error(400, "the client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return b"", self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks), None
+
+
+def _replay(body: bytes) -> Any:
+    """An ASGI receive callable that hands over an already read body once, then waits like the real one would."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+texts_per_batch = bentoml.metrics.Histogram(
+    name="tuneline_batch_texts",
+    documentation="Texts in each forward pass batch that adaptive batching formed (requests merged)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+
+
+@bentoml.asgi_app(info_app)
+@bentoml.service(name="tuneline", http={"host": _serve.host, "port": _serve.port},
+                 logging={"access": {"enabled": _serve.access_log}})
 class TunelineService:
     """Classifies texts with the model the pipeline's package stage put in the BentoML model store."""
 
@@ -89,35 +224,114 @@ class TunelineService:
                                       or f"{_params.package.model_name}:latest")
 
     def __init__(self) -> None:
+        import anyio
+
         from components.predict import Classifier
 
-        self.model_tag = _model_tag()
-        stored = bentoml.models.BentoModel(self.model_tag).stored
+        reference = _model_tag()
+        stored = bentoml.models.BentoModel(reference).stored
         if stored is None:
             raise RuntimeError(
-                f"model {self.model_tag} is not in the BentoML model store at "
+                f"model {reference} is not in the BentoML model store at "
                 f"{os.environ.get('BENTOML_HOME', '~/bentoml')}; run the pipeline up to the package stage, "
                 f"point BENTOML_HOME at the store that holds it, or set {MODEL_TAG_ENV} to a stored tag"
             )
+        self.model_tag = str(stored.tag)  # name:latest resolved, so answers name the exact model
         self.classifier = Classifier.load(stored.path)
+        self.info = _model_info(self.model_tag, stored, self.classifier)
+        # One forward pass at a time: two at once would only split the same cores between them.
+        self._one_at_a_time = anyio.CapacityLimiter(1)
+        self._batched = None
+        if _serve.batching:
+            self._batched = _adaptive_batcher(self._predict_batches)
 
-    # BentoML counts a batch in texts and splits a request that does not fit; the split-off rest then waits in the
-    # queue, and BentoML sheds work that waited longer than max_latency_ms with a 503. So a dispatch may hold a whole
-    # request (max_texts_per_request texts), and serve.max_batch_size bounds each forward pass of the model instead.
-    @bentoml.api(
-        route=CLASSIFY_ROUTE,
-        input_spec=ClassifyRequest,
-        batchable=True,
+    def _predict_batches(self, batches: Sequence[list[str]]) -> list[np.ndarray]:
+        """The texts of several requests in one call (length-sorted forward passes), split back per request."""
+        texts = [text for batch in batches for text in batch]
+        texts_per_batch.observe(len(texts))
+        probabilities = self.classifier.predict_proba(texts, batch_size=_serve.max_batch_size)
+        bounds = np.cumsum([len(batch) for batch in batches])[:-1]
+        return np.split(probabilities, bounds)
+
+    async def _probabilities(self, texts: list[str]) -> np.ndarray:
+        if self._batched is not None:
+            return await self._batched(texts)
+        import anyio
+
+        texts_per_batch.observe(len(texts))
+        return await anyio.to_thread.run_sync(self.classifier.predict_proba, texts, _serve.max_batch_size,
+                                              limiter=self._one_at_a_time)
+
+    @bentoml.api(route=CLASSIFY_ROUTE, input_spec=ClassifyRequest, output_spec=ClassifyResponse)
+    async def classify(self, texts: list[str], top_k: int | None = None) -> ClassifyResponse:
+        """One prediction per text, in request order; concurrent requests share forward passes (adaptive batching).
+
+        Each text gets its most likely label and probability, and the `top_k` most likely labels with theirs.
+        """
+        probabilities = await self._probabilities(texts)
+        labels = self.classifier.labels
+        k = min(top_k or _serve.top_k, len(labels))
+        predictions = []
+        for row in probabilities:
+            order = np.argsort(-row, kind="stable")[:k]
+            ranked = [LabelProbability(label=labels[i], probability=float(row[i])) for i in order]
+            predictions.append(TextPrediction(label=ranked[0].label, probability=ranked[0].probability, top_k=ranked))
+        return ClassifyResponse(model=self.model_tag, predictions=predictions)
+
+    @info_app.get(MODEL_ROUTE, response_model=ModelInfo, summary="The model being served")
+    def model_info(self) -> ModelInfo:
+        """Tag, labels, test metrics, data version and code revision of the model this server answers with."""
+        # Read the registry now: `tuneline promote` or `rollback` may have moved the pointer since this server started.
+        return self.info.model_copy(update={"champion": champion(self.model_tag.split(":", 1)[0]) == self.model_tag})
+
+
+def _adaptive_batcher(predict: Any) -> Any:
+    """`predict` (a list of requests' texts -> a list of their probability matrices) behind BentoML's adaptive batcher.
+
+    This is the dispatcher that `@bentoml.api(batchable=True)` puts in front of an API. It is used directly because a
+    batchable API takes exactly one argument, and /classify also takes top_k. It counts a batch in texts and merges
+    whole requests up to a dispatch of max_texts_per_request texts, so a request is never split; serve.max_batch_size
+    bounds each forward pass instead. A request that waited longer than serve.max_latency_ms is answered 503.
+    (bentoml._internal is not public API; bentoml is pinned in requirements.lock.)
+    """
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+    from bentoml.exceptions import ServiceUnavailable
+
+    def overloaded() -> None:
+        raise ServiceUnavailable(
+            f"the server is overloaded: the request waited more than serve.max_latency_ms "
+            f"({_serve.max_latency_ms} ms) for the model; retry later, or send fewer texts at once"
+        )
+
+    dispatcher = CorkDispatcher(
+        max_latency_in_ms=_serve.max_latency_ms,
         max_batch_size=max(_serve.max_texts_per_request, _serve.max_batch_size, 2),
-        max_latency_ms=_serve.max_latency_ms,
+        fallback=overloaded,
+        get_batch_size=len,
     )
-    def classify(self, texts: list[str]) -> list[LabelPrediction]:
-        """One prediction per text, in request order; concurrent requests are merged by adaptive batching."""
-        predictions = self.classifier.predict(texts, batch_size=_serve.max_batch_size)
-        return [
-            LabelPrediction(label=p.label, probability=p.probability, probabilities=p.probabilities)
-            for p in predictions
-        ]
+    return dispatcher(predict)
+
+
+def _model_info(tag: str, stored: Any, classifier: Any) -> ModelInfo:
+    """What GET /model reports, from the stored model's package.json (written by the package stage) when it has one."""
+    from components.io import read_json
+    from components.package import RECORD_FILE
+
+    record_path = Path(stored.path) / RECORD_FILE
+    record = read_json(record_path) if record_path.is_file() else {}
+    provenance = record.get("provenance", {})
+    return ModelInfo(
+        tag=tag,
+        labels=classifier.labels,
+        champion=False,
+        base_model=provenance.get("base_model") or stored.info.metadata.get("base_model"),
+        metrics=record.get("metrics", {}).get("model"),
+        data_version=provenance.get("data_version"),
+        code_revision=provenance.get("code_revision"),
+        decision=record.get("gate", {}).get("decision"),
+        batching=_serve.batching,
+        device=classifier.device,
+    )
 
 
 def _model_tag() -> str:
@@ -132,4 +346,5 @@ def _model_tag() -> str:
     return str(TunelineService.inner.model.tag)
 
 
-TunelineService.add_asgi_middleware(JsonBodyOnly, paths=(CLASSIFY_ROUTE,))
+TunelineService.add_asgi_middleware(RequestGuard, protected=(CLASSIFY_ROUTE, MODEL_ROUTE),
+                                    json_paths=(CLASSIFY_ROUTE,), max_body_bytes=_serve.max_body_bytes)

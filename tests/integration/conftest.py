@@ -4,13 +4,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -114,3 +117,45 @@ def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: f
             pass
         time.sleep(0.25)
     pytest.fail(f"no /readyz within {timeout_s} s:\n{log_path.read_text(errors='replace')}")
+
+
+@contextlib.contextmanager
+def bentoml_serve(cwd: Path, target: str, env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """`bentoml serve TARGET` on a free 127.0.0.1 port in its own process group; yields its URL once /readyz answers.
+
+    The server and every worker it started are stopped on the way out, also when the test fails.
+    """
+    import os
+    import signal
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bin_dir = str(Path(sys.executable).parent)
+    command = [str(Path(bin_dir) / "bentoml"), "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    env = env | {"PATH": bin_dir + os.pathsep + env.get("PATH", "")}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log_path)
+        yield url
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):  # workers left behind, or a server that ignored SIGTERM
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def served_probabilities(answer: dict, labels: list[str]) -> np.ndarray:
+    """A /classify answer asked with top_k >= len(labels) as a probability matrix, columns in `labels` order."""
+    rows = [{entry["label"]: entry["probability"] for entry in p["top_k"]} for p in answer["predictions"]]
+    assert all(set(row) == set(labels) for row in rows), rows
+    return np.array([[row[label] for label in labels] for row in rows])

@@ -4,11 +4,14 @@ and validation stopping bad data. No mocks: real DVC, Prefect, Great Expectation
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import dvc, set_params, stored_models, tree_digest
+from conftest import bentoml_serve, dvc, set_params, sh, stored_models, tree_digest
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +38,48 @@ def test_dvc_repro_trains_gates_and_packages(project: Path, reproduced: subproce
     assert again.returncode == 0 and "Running stage" not in again.stdout
     shown = dvc(project, "metrics", "show", "--json")
     assert "macro" in shown.stdout and "f1" in shown.stdout
+
+
+def test_served_predictions_equal_the_evaluate_stages(project: Path, reproduced, project_root: Path,
+                                                      tmp_path: Path) -> None:
+    """The packaged model, served over HTTP, gives the test rows the label and probability that evaluate wrote.
+
+    It is served twice: from the checkout (`bentoml serve serving.service:TunelineService`, as `make serve` does)
+    and from a Bento built offline with `bentoml build`, which must carry the model it was built with.
+    """
+    import httpx
+    import pandas as pd
+
+    offline = pd.read_csv(project / "reports/predictions.csv", keep_default_na=False)
+    tag = json.loads((project / "models/packaged.json").read_text())["tag"]
+    env = os.environ | {"TUNELINE_MODEL_TAG": tag}
+
+    def ask(url: str) -> pd.DataFrame:
+        answers = []
+        for start in range(0, len(offline), 100):
+            texts = offline["text"].iloc[start:start + 100].tolist()
+            response = httpx.post(f"{url}/classify", json={"texts": texts}, timeout=120)
+            assert response.status_code == 200, response.text
+            answers += response.json()["predictions"]
+        assert httpx.get(f"{url}/model", timeout=30).json()["tag"] == tag
+        return pd.DataFrame(answers)
+
+    with bentoml_serve(project_root, "serving.service:TunelineService", env, tmp_path / "serve.log") as url:
+        served = ask(url)
+    assert served["label"].tolist() == offline["predicted"].tolist()
+    assert (served["probability"] - offline["probability"]).abs().max() <= 1e-4
+
+    built = sh(project_root, str(Path(sys.executable).parent / "bentoml"), "build", "-f", "serving/bentofile.yaml",
+               ".", env=env)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    bento = re.search(r'Bento\(tag="?([\w.-]+:\w+)', built.stdout + built.stderr)
+    assert bento, built.stdout[-2000:]
+    # No TUNELINE_MODEL_TAG and another working directory: the Bento alone decides what is served.
+    bare_env = {k: v for k, v in os.environ.items() if k != "TUNELINE_MODEL_TAG"}
+    with bentoml_serve(tmp_path, bento[1], bare_env, tmp_path / "bento.log") as url:
+        from_bento = ask(url)
+    assert from_bento["label"].tolist() == offline["predicted"].tolist()
+    assert (from_bento["probability"] - offline["probability"]).abs().max() <= 1e-4
 
 
 def test_flow_runs_only_stale_stages_and_leaves_dvc_clean(project: Path, reproduced, prefect_harness) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import dvc, make_project, set_params, sh, wait_ready
+from conftest import bentoml_serve, dvc, make_project, served_probabilities, set_params, sh
 
 from components.io import read_split
 from components.predict import Classifier
@@ -134,35 +133,13 @@ def test_broken_candidates_are_refused_and_the_champion_stays(promoted: dict, en
     assert (registry(home), stored(home), (project / "models/packaged.json").read_text()) == before
 
 
-def serve_and_ask(project: Path, env: dict[str, str], port: int) -> np.ndarray:
+def serve_and_ask(project: Path, env: dict[str, str]) -> np.ndarray:
     """Start `bentoml serve` as `make serve` does (no tag given: the champion), ask it, stop it."""
-    command = [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:TunelineService",
-               "--host", "127.0.0.1", "--port", str(port)]
-    log = project / f"serve-{port}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, log)
-        response = httpx.post(f"{url}/classify", json={"texts": TEXTS}, timeout=60)
-        assert response.status_code == 200, response.text
-        labels = sorted(response.json()[0]["probabilities"])
-        return np.array([[p["probabilities"][label] for label in labels] for p in response.json()])
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    with bentoml_serve(project, "serving.service:TunelineService", env, project / "serve.log") as url:
+        response = httpx.post(f"{url}/classify", json={"texts": TEXTS, "top_k": 100}, timeout=60)
+    assert response.status_code == 200, response.text
+    labels = sorted(entry["label"] for entry in response.json()["predictions"][0]["top_k"])
+    return served_probabilities(response.json(), labels)
 
 
 def expected(home: Path, tag: str) -> np.ndarray:
@@ -177,7 +154,7 @@ def test_serve_answers_with_the_champion_and_rollback_brings_the_last_one_back(
     good, weak = expected(home, promoted["good"]), expected(home, promoted["weak"])
     assert not np.allclose(good, weak, atol=1e-3)  # the two models answer differently, so the check means something
 
-    np.testing.assert_allclose(serve_and_ask(project, env, free_port()), good, atol=1e-5)
+    np.testing.assert_allclose(serve_and_ask(project, env), good, atol=1e-5)
 
     rolled = sh(project, str(Path(sys.executable).parent / "tuneline"), "rollback", env=env)
     assert rolled.returncode == 0, rolled.stderr
@@ -187,7 +164,7 @@ def test_serve_answers_with_the_champion_and_rollback_brings_the_last_one_back(
     listed = sh(project, str(Path(sys.executable).parent / "tuneline"), "models", env=env)
     assert f"* {promoted['weak']}" in listed.stdout.replace("*  ", "* ")
 
-    np.testing.assert_allclose(serve_and_ask(project, env, free_port()), weak, atol=1e-5)
+    np.testing.assert_allclose(serve_and_ask(project, env), weak, atol=1e-5)
 
     back = sh(project, str(Path(sys.executable).parent / "tuneline"), "promote", promoted["good"], env=env)
     assert back.returncode == 0 and registry(home)["champion"] == promoted["good"]
