@@ -19,7 +19,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run serve predict test test-unit bench bench-train bench-validate bench-augment clean
+.PHONY: help install run serve predict test test-unit bench bench-train bench-validate bench-augment bench-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,7 +50,7 @@ test: install  ## run the whole test suite (unit and integration)
 test-unit: install  ## run the unit tests only
 	$(PY) -m pytest -p no:cacheprovider tests/unit
 
-bench: bench-train bench-validate bench-augment  ## run every benchmark (bench/); figures are printed side by side
+bench: bench-train bench-validate bench-augment bench-serve  ## run every benchmark (bench/); figures are printed side by side
 
 bench-train: install  ## training samples/s, tokens/s, peak RSS, MFU: default vs naive padding vs cached linear probe
 	$(PY) -m bench.train_speed
@@ -60,6 +60,9 @@ bench-validate: install  ## prepare + validate a 1,000,000-row synthetic file: t
 
 bench-augment: install  ## macro-F1 with and without augmentation at 32, 128 and all examples per class
 	$(PY) -m bench.augment_effect
+
+bench-serve: install  ## served texts/s, p50/p99, cold start, RSS (wrk; batching on/off) against the raw model
+	$(PY) -m bench.serve_speed
 
 clean:  ## remove the venv, tool state and unfinished-run checkpoints (the DVC cache and the BentoML store stay)
 	rm -rf $(VENV) .prefect .tuneline

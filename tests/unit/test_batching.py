@@ -1,0 +1,98 @@
+"""serving.batching.GreedyBatcher: merging, order, limits, shedding and errors, with a plain function as the model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from serving.batching import GreedyBatcher
+
+
+class Overloaded(Exception):
+    pass
+
+
+class Model:
+    """Upper-cases texts; records each call's requests; the first call can be held until released."""
+
+    def __init__(self, hold_first: bool = False) -> None:
+        self.calls: list[list[list[str]]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold_first:
+            self.release.set()
+
+    def __call__(self, requests: list[list[str]]) -> list[list[str]]:
+        self.calls.append(requests)
+        self.started.set()
+        self.release.wait(timeout=10)
+        return [[text.upper() for text in texts] for texts in requests]
+
+
+def batcher(model: Model, max_texts: int = 100, max_latency_s: float = 60.0, **kwargs) -> GreedyBatcher:
+    return GreedyBatcher(model, max_texts=max_texts, max_latency_s=max_latency_s, overloaded=Overloaded, **kwargs)
+
+
+async def hold_then_send(batch: GreedyBatcher, model: Model, requests: list[list[str]]) -> list:
+    """Send requests[0]; while the model holds it, queue the others; then release and gather every answer."""
+    first = asyncio.ensure_future(batch(requests[0]))
+    await asyncio.to_thread(model.started.wait, 10)
+    rest = [asyncio.ensure_future(batch(texts)) for texts in requests[1:]]
+    await asyncio.sleep(0.05)  # let the queued requests reach the batcher
+    model.release.set()
+    return await asyncio.gather(first, *rest, return_exceptions=True)
+
+
+def test_a_lone_request_goes_alone_and_gets_its_own_answer() -> None:
+    model = Model()
+    assert asyncio.run(batcher(model)(["a", "b"])) == ["A", "B"]
+    assert model.calls == [[["a", "b"]]]
+
+
+def test_requests_arriving_while_the_model_is_busy_share_the_next_call() -> None:
+    model = Model(hold_first=True)
+    sizes: list[int] = []
+    requests = [["first"], ["x"], ["y", "z"], ["w"]]
+
+    answers = asyncio.run(hold_then_send(batcher(model, on_batch=sizes.append), model, requests))
+
+    assert answers == [["FIRST"], ["X"], ["Y", "Z"], ["W"]]  # each request its own answer, in its order
+    assert model.calls == [[["first"]], [["x"], ["y", "z"], ["w"]]]
+    assert sizes == [1, 4]
+
+
+def test_a_call_takes_whole_requests_up_to_max_texts() -> None:
+    model = Model(hold_first=True)
+    requests = [["hold"], ["a", "b"], ["c", "d"], ["e"], ["f", "g", "h", "i", "j"]]
+
+    answers = asyncio.run(hold_then_send(batcher(model, max_texts=4), model, requests))
+
+    assert answers[1:] == [["A", "B"], ["C", "D"], ["E"], ["F", "G", "H", "I", "J"]]
+    # never split: 2 + 2 fit, "e" would make 5; the 5-text request is over the limit and goes alone
+    assert model.calls[1:] == [[["a", "b"], ["c", "d"]], [["e"]], [["f", "g", "h", "i", "j"]]]
+
+
+def test_a_request_that_waited_past_max_latency_is_refused_and_the_others_served() -> None:
+    model = Model(hold_first=True)
+    answers = asyncio.run(hold_then_send(batcher(model, max_latency_s=0.01), model, [["hold"], ["late"]]))
+
+    assert answers[0] == ["HOLD"]
+    assert isinstance(answers[1], Overloaded)
+    assert model.calls == [[["hold"]]]
+
+
+def test_a_model_error_reaches_every_request_of_the_call_and_the_batcher_goes_on() -> None:
+    def failing(requests: list[list[str]]) -> list:
+        if any("boom" in texts for texts in requests):
+            raise RuntimeError("model failed")
+        return [len(texts) for texts in requests]
+
+    async def scenario() -> tuple:
+        batch = GreedyBatcher(failing, max_texts=10, max_latency_s=60, overloaded=Overloaded)
+        with pytest.raises(RuntimeError, match="model failed"):
+            await batch(["boom"])
+        return await batch(["fine", "too"])
+
+    assert asyncio.run(scenario()) == 2
