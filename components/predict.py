@@ -108,16 +108,23 @@ def token_batches(lengths: list[int], batch_size: int, max_batch_tokens: int) ->
     return batches
 
 
+def ranked_labels(row: np.ndarray, labels: list[str], k: int) -> list[tuple[str, float]]:
+    """The k most likely labels of one probability row with their probabilities, most likely first (ties: label
+    order); all of them when k is larger than the label count."""
+    order = np.argsort(-row, kind="stable")[:k]
+    return [(labels[i], float(row[i])) for i in order]
+
+
 def to_predictions(probabilities: np.ndarray, labels: list[str]) -> list[Prediction]:
     """Turn a probability matrix into Predictions (top label first in ties by label order)."""
     predictions = []
     for row in probabilities:
-        top = int(np.argmax(row))
+        label, probability = ranked_labels(row, labels, 1)[0]
         predictions.append(
             Prediction(
-                label=labels[top],
-                probability=float(row[top]),
-                probabilities={label: float(p) for label, p in zip(labels, row, strict=True)},
+                label=label,
+                probability=probability,
+                probabilities={name: float(p) for name, p in zip(labels, row, strict=True)},
             )
         )
     return predictions

@@ -30,6 +30,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from components.config import PARAMS_FILE, load_params
+from components.predict import ranked_labels
 from components.registry import champion
 from components.text import normalise
 from serving.batching import GreedyBatcher
@@ -282,12 +283,10 @@ class TunelineService:
         Each text gets its most likely label and probability, and the `top_k` most likely labels with theirs.
         """
         probabilities = await self._probabilities(texts)
-        labels = self.classifier.labels
-        k = min(top_k or _serve.top_k, len(labels))
         predictions = []
         for row in probabilities:
-            order = np.argsort(-row, kind="stable")[:k]
-            ranked = [LabelProbability(label=labels[i], probability=float(row[i])) for i in order]
+            ranked = [LabelProbability(label=label, probability=p)
+                      for label, p in ranked_labels(row, self.classifier.labels, top_k or _serve.top_k)]
             predictions.append(TextPrediction(label=ranked[0].label, probability=ranked[0].probability, top_k=ranked))
         return ClassifyResponse(model=self.model_tag, predictions=predictions)
 

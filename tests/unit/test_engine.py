@@ -180,3 +180,17 @@ def test_token_batches_cut_by_count_and_padded_size() -> None:
     flat = [lengths[i] for batch in batches for i in batch]
     assert flat == sorted(flat)  # shortest first
     assert [4] in batches  # longer than the whole budget: alone
+
+
+def test_ranked_labels_most_likely_first_with_ties_in_label_order() -> None:
+    import numpy as np
+
+    from components.predict import ranked_labels, to_predictions
+
+    row = np.array([0.2, 0.5, 0.2, 0.1])
+    labels = ["a", "b", "c", "d"]
+    assert ranked_labels(row, labels, 3) == [("b", 0.5), ("a", 0.2), ("c", 0.2)]
+    assert ranked_labels(row, labels, 10) == [("b", 0.5), ("a", 0.2), ("c", 0.2), ("d", 0.1)]
+    prediction = to_predictions(row[None, :], labels)[0]
+    assert (prediction.label, prediction.probability) == ("b", 0.5)
+    assert prediction.probabilities == {"a": 0.2, "b": 0.5, "c": 0.2, "d": 0.1}
