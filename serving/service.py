@@ -235,7 +235,7 @@ class TunelineService:
                                       or f"{_params.package.model_name}:latest")
 
     def __init__(self) -> None:
-        import anyio
+        from concurrent.futures import ThreadPoolExecutor
 
         from components.predict import Classifier
 
@@ -250,15 +250,16 @@ class TunelineService:
         self.model_tag = str(stored.tag)  # name:latest resolved, so answers name the exact model
         self.classifier = Classifier.load(stored.path)
         self.info = _model_info(self.model_tag, stored, self.classifier)
-        # One forward pass at a time: two at once would only split the same cores between them.
-        self._one_at_a_time = anyio.CapacityLimiter(1)
+        # One forward pass at a time (two at once would only split the same cores between them), always in the same
+        # thread: torch keeps per-thread state (the OpenMP team on a CPU, the cuBLAS handle on a GPU) warm there.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneline-model")
         self._batched = None
         if _serve.batching:
             # Whole requests per call, up to max_texts_per_request texts; serve.max_batch_size bounds each forward.
             self._batched = GreedyBatcher(self._predict_batches,
                                           max_texts=max(_serve.max_texts_per_request, _serve.max_batch_size),
                                           max_latency_s=_serve.max_latency_ms / 1000, overloaded=_overloaded,
-                                          on_batch=texts_per_batch.observe)
+                                          on_batch=texts_per_batch.observe, executor=self._model_thread)
 
     def _predict_batches(self, batches: Sequence[list[str]]) -> list[np.ndarray]:
         """The texts of several requests in one call (length-sorted forward passes), split back per request."""
@@ -270,11 +271,11 @@ class TunelineService:
     async def _probabilities(self, texts: list[str]) -> np.ndarray:
         if self._batched is not None:
             return await self._batched(texts)
-        import anyio
+        import asyncio
 
         texts_per_batch.observe(len(texts))
-        return await anyio.to_thread.run_sync(self.classifier.predict_proba, texts, _serve.max_batch_size,
-                                              limiter=self._one_at_a_time)
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, self.classifier.predict_proba,
+                                                                texts, _serve.max_batch_size)
 
     @bentoml.api(route=CLASSIFY_ROUTE, input_spec=ClassifyRequest, output_spec=ClassifyResponse)
     async def classify(self, texts: list[str], top_k: int | None = None) -> ClassifyResponse:
