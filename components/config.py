@@ -313,10 +313,63 @@ class ServeParams(_Block):
         return host
 
 
+class ScheduleParams(_Block):
+    """Scheduled retraining (flows/scheduled.py, `make schedule`): when it runs, where it pushes, whom it tells."""
+
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+    deployment: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "tuneline-retrain"
+    remote: str | None = ".dvc-remote"
+    commit: bool = True
+    notify_log: str | None = "logs/notifications.jsonl"
+    notify_webhook: str | None = None
+    io_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    io_retry_delay_s: Annotated[float, Field(ge=0.0)] = 2.0
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str) -> str:
+        import datetime
+
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(value, datetime.datetime.now(datetime.UTC))
+            valid = len(value.split()) == 5
+        except CronSimError:
+            valid = False
+        if not valid:
+            raise ValueError("must be a cron expression of five fields (minute hour day month weekday), "
+                             "e.g. '0 3 * * *' for 03:00 every day")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone name such as UTC or Europe/Berlin") from None
+        return value
+
+    @field_validator("notify_webhook")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (or null for no webhook)")
+        return value
+
+
 class PathsParams(_Block):
     """Every file the pipeline writes; dvc.yaml reads the same keys through ${paths.*}."""
 
     raw_dir: str = "data/raw"
+    accepted: str = "data/raw/accepted"  # rows taken from incoming files (DVC-tracked; prepare appends them)
+    incoming: str = "data/incoming"  # labelled files dropped here are taken by the next scheduled run
+    quarantine: str = "data/quarantine"  # incoming files that failed validation, each with its report
+    runs: str = "runs"  # one JSON record per scheduled run
     prepared: str = "data/prepared"
     validation: str = "reports/validation.json"
     validation_html: str = "reports/validation.html"
@@ -346,6 +399,7 @@ class Params(_Block):
     evaluate: EvaluateParams = EvaluateParams()
     package: PackageParams = PackageParams()
     serve: ServeParams = ServeParams()
+    schedule: ScheduleParams = ScheduleParams()
     paths: PathsParams = PathsParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -353,6 +407,14 @@ class Params(_Block):
     @property
     def validate_params(self) -> ValidateParams:
         return self.validate_
+
+    @model_validator(mode="after")
+    def _accepted_inside_raw_dir(self) -> Params:
+        # dvc.yaml's prepare stage watches paths.raw_dir; accepted rows outside it would change no data version.
+        if not Path(self.paths.accepted).is_relative_to(Path(self.paths.raw_dir)):
+            raise ValueError(f"paths.accepted ({self.paths.accepted}) must lie inside paths.raw_dir "
+                             f"({self.paths.raw_dir}), the folder dvc.yaml's prepare stage watches")
+        return self
 
 
 def _describe(error: dict) -> str:

@@ -4,6 +4,10 @@ Every row keeps where it came from: `source_row` (its 0-based index among the so
 line of the source file where the record starts; for Parquet, its 1-based row). A record that cannot be read (a CSV
 line with the wrong number of fields, a JSONL line that is not a JSON object) is skipped and listed in summary.json,
 which the validate stage turns into a failure: nothing vanishes silently.
+
+Rows that scheduled runs took from incoming files (components/ingest.py) lie as Parquet files in paths.accepted,
+named in the order they were taken; they are appended after the source (after data.max_rows, which thins the source
+only), so their source_row continues the source's, and their `line` is their 1-based row in that file.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import lzma
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -578,6 +582,30 @@ def _label_string(value: object) -> str | None:
     return text or None
 
 
+def accepted_files(accepted_dir: str | Path | None) -> list[Path]:
+    """The Parquet files of rows taken from incoming files, in the order they were taken (their names sort so)."""
+    if accepted_dir is None or not Path(accepted_dir).is_dir():
+        return []
+    return sorted(Path(accepted_dir).glob("*.parquet"))
+
+
+def append_accepted(loaded: Loaded, accepted_dir: str | Path | None) -> Loaded:
+    """The loaded source followed by every accepted file's rows, source_row continuing; the source names them."""
+    files = accepted_files(accepted_dir)
+    if not files:
+        return loaded
+    frames, offset, rows_read = [loaded.frame], loaded.rows_read, 0
+    for path in files:
+        frame = to_frame(read_source(path, ("text", "label"), name=f"accepted file {str(path)!r}"))
+        frame["source_row"] += offset
+        offset += len(frame)
+        rows_read += len(frame)
+        frames.append(frame)
+    return Loaded(frame=pd.concat(frames, ignore_index=True),
+                  source=f"{loaded.source} + {len(files)} accepted file(s) in {accepted_dir} ({rows_read} rows)",
+                  format=loaded.format, rows_read=loaded.rows_read + rows_read, malformed=loaded.malformed)
+
+
 def summarise(loaded: Loaded, kept: pd.DataFrame) -> dict[str, Any]:
     """summary.json: what was read, kept and skipped, and the noise normalise removed from the kept texts."""
     noise = kept[NOISE] if NOISE in kept else pd.Series(dtype=np.int64)
@@ -643,12 +671,13 @@ def warn_if_unwatched(params: DataParams, raw_dir: str | Path) -> None:
         )
 
 
-def run(params: DataParams, out_dir: str | Path) -> PrepareResult:
+def run(params: DataParams, out_dir: str | Path, accepted_dir: str | Path | None = None) -> PrepareResult:
     """Load, normalise and split the source; write the splits, labels.json and summary.json atomically.
 
     Args:
         params: the data block of params.yaml.
         out_dir: the prepared-data folder (paths.prepared).
+        accepted_dir: rows taken from incoming files (paths.accepted), appended to the source; None = none.
 
     Returns:
         Row counts per split, the label list, the source's name and the summary written.
@@ -660,6 +689,8 @@ def run(params: DataParams, out_dir: str | Path) -> PrepareResult:
     """
     loaded = load(params)
     frame = subsample(loaded.frame, params.max_rows, params.seed)
+    loaded = append_accepted(replace(loaded, frame=frame), accepted_dir)
+    frame = loaded.frame
     summary = summarise(loaded, frame)
     frame = frame.drop(columns=NOISE)
     labels = label_list(frame, params.labels)
@@ -679,7 +710,7 @@ def run(params: DataParams, out_dir: str | Path) -> PrepareResult:
 def main() -> None:
     def _run(p: Params) -> PrepareResult:
         warn_if_unwatched(p.data, p.paths.raw_dir)
-        return run(p.data, p.paths.prepared)
+        return run(p.data, p.paths.prepared, p.paths.accepted)
 
     stage_main("prepare", _run)
 
