@@ -19,7 +19,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run serve predict test test-unit bench bench-train bench-validate bench-augment bench-serve clean
+.PHONY: help install run serve schedule predict test test-unit bench bench-train bench-validate bench-augment bench-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ run: install  ## run the whole pipeline (Prefect flow over dvc.yaml) on the conf
 
 serve: install  ## serve the packaged model on 127.0.0.1:3000
 	$(VENV)/bin/tuneline serve
+
+schedule: install  ## serve the scheduled retraining (schedule.cron); a local Prefect server on 127.0.0.1:4200 unless PREFECT_API_URL is set
+	$(VENV)/bin/tuneline schedule
 
 test: install  ## run the whole test suite (unit and integration)
 	$(PY) -m pytest -p no:cacheprovider

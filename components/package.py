@@ -1,10 +1,13 @@
 """Stage `package`: store a candidate the gate let through in the BentoML model store with its record and model
-card, make it the champion when the verdict says promote, or refuse and say why."""
+card, make it the champion when the verdict says promote, or refuse and say why. Inside a DVC experiment
+(`dvc exp run`, queued or not) the candidate is stored but never promoted: the user compares experiments and
+promotes the one they pick."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +62,10 @@ def store(model_dir: str | Path, name: str, metadata: dict[str, Any], record: di
     return str(ref.tag)
 
 
+# git pathspecs of what a pipeline run writes into the repository: not code, so not "dirty" code.
+NOT_CODE = (":(exclude)dvc.lock", ":(exclude,glob)**/*.dvc", ":(exclude,glob)**/.gitignore", ":(exclude)params.yaml",
+            ":(exclude)metrics", ":(exclude)reports", ":(exclude)runs")
+
 
 def data_version(lock_path: str | Path, paths: list[str]) -> dict[str, str]:
     """The DVC hashes (md5 of the folder) of the data folders that made the model, from dvc.lock.
@@ -80,13 +87,17 @@ def data_version(lock_path: str | Path, paths: list[str]) -> dict[str, str]:
 
 
 def code_revision(root: str | Path = ".") -> str:
-    """The git commit the code was at, with `+dirty` when tracked files had changes; `unknown` outside git."""
+    """The git commit the code was at, with `+dirty` when tracked files had changes; `unknown` outside git.
+
+    The pipeline's own records (dvc.lock, .dvc files, params.yaml, metrics/, reports/, runs/) do not count: they
+    change with every run and are recorded with the model anyway.
+    """
     import subprocess
 
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE],
+                               cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if head.returncode != 0:
@@ -148,6 +159,9 @@ def run(params: Params, model_dir: str | Path, metrics_path: str | Path, verdict
         out_path: str | Path, lock_path: str | Path = "dvc.lock") -> PackageResult:
     """Store a candidate the gate let through, and make it the champion when the verdict says promote.
 
+    Under `dvc exp run` (DVC sets DVC_EXP_NAME for the stage commands of workspace and queued experiments alike)
+    the candidate is stored but not promoted, whatever the verdict: an experiment never changes what is served.
+
     Args:
         params: all params (package.model_name names the model; the rest is recorded with it).
         model_dir: the trained model folder (paths.model).
@@ -190,17 +204,25 @@ def run(params: Params, model_dir: str | Path, metrics_path: str | Path, verdict
     }
     record = {"metrics": metrics, "gate": verdict, "params": params.model_dump(mode="json", by_alias=True),
               "provenance": provenance}
+    experiment = os.environ.get("DVC_EXP_NAME")
+    if experiment:
+        metadata["experiment"] = experiment
     name = params.package.model_name
     tag = store(model_dir, name, metadata, record, card=lambda t: model_card(t, record))
     previous = registry.champion(name)
-    if decision == "promote":
+    if experiment:
+        print(f"model: {tag} (stored; experiment {experiment} does not change the champion; "
+              f"promote it with: tuneline promote {tag})")
+    elif decision == "promote":
         registry.set_champion(name, tag, "promote", verdict.get("reason", "passed the gate"))
         print(f"model: {tag} (promoted: the champion now; was {previous or 'none'})")
     else:
         print(f"model: {tag} (stored; the champion stays {previous}: {verdict.get('reason', '')})\n"
               f"promote it anyway with: tuneline promote {tag}")
-    write_json(out_path, {"tag": tag, "model_name": name, "decision": decision,
-                          "champion": registry.champion(name)})
+    packaged = {"tag": tag, "model_name": name, "decision": decision, "champion": registry.champion(name)}
+    if experiment:
+        packaged["not_promoted"] = f"ran as experiment {experiment} (dvc exp run); experiments never promote"
+    write_json(out_path, packaged)
     log.info("packaged %s into the BentoML model store (%s)", tag, decision)
     return PackageResult(tag=tag)
 

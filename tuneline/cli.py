@@ -7,7 +7,9 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from components.config import ConfigError, load_params
@@ -129,6 +131,59 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefect_server(port: int, home: Path) -> tuple[subprocess.Popen | None, str]:
+    """A Prefect server on 127.0.0.1:port: the one already answering there, or a new one (its log in PREFECT_HOME)."""
+    import httpx
+
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    if healthy():
+        return None, url
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "server.log"
+    print(f"starting a Prefect server on 127.0.0.1:{port} (log: {log_path})", flush=True)
+    with open(log_path, "ab") as log_file:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+                                   "127.0.0.1", "--port", str(port)], stdout=log_file, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not healthy():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.terminate()
+            raise StageError(f"the Prefect server did not start (see {log_path}); is port {port} taken? "
+                             "Use --port, or set PREFECT_API_URL to a running server")
+        time.sleep(0.5)
+    return server, url
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    params = load_params(args.root / "params.yaml")
+    server, url = None, os.environ.get("PREFECT_API_URL")
+    if not url:
+        server, url = _prefect_server(args.port, Path(os.environ["PREFECT_HOME"]))
+        os.environ["PREFECT_API_URL"] = url
+    from flows.scheduled import FLOW_NAME, serve_deployment
+
+    name = f"{FLOW_NAME}/{params.schedule.deployment}"
+    print(f"deployment {name}: cron '{params.schedule.cron}' ({params.schedule.timezone}), one run at a time\n"
+          f"  Prefect API {url}; UI {url.removesuffix('/api')}\n"
+          f"  drop labelled files into {params.paths.incoming}/; run now: prefect deployment run '{name}'\n"
+          f"  runs are recorded in {params.paths.runs}/; Ctrl-C stops (the schedule is paused)", flush=True)
+    try:
+        serve_deployment(args.root, params)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: `tuneline run | serve | predict`."""
     parser = argparse.ArgumentParser(prog="tuneline", description=__doc__)
@@ -147,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--reason", help="why, for the history")
     rollback = commands.add_parser("rollback", help="make the previous champion (or TAG) the champion again")
     rollback.add_argument("tag", nargs="?", help="a stored model's tag (default: the champion before this one)")
+    schedule = commands.add_parser("schedule", help="serve the scheduled retraining deployment (schedule.cron); "
+                                   "starts a local Prefect server unless PREFECT_API_URL is set")
+    schedule.add_argument("--port", type=int, default=4200, help="the local Prefect server's port (default 4200)")
     return parser
 
 
@@ -163,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_params(args.root / "params.yaml")
         commands = {"run": _run, "serve": _serve, "predict": _predict, "models": _models, "promote": _promote,
-                    "rollback": _rollback}
+                    "rollback": _rollback, "schedule": _schedule}
         return commands[args.command](args)
     except ConfigError as exc:
         print(f"tuneline {args.command}: {exc}", file=sys.stderr)
