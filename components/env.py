@@ -20,9 +20,11 @@ OFFLINE = {
 def configure_environment(root: str | Path = ".") -> None:
     """Set the offline switches and keep Prefect's and BentoML's state inside the project, unless already set.
 
-    Values the caller exported win, so a user can point BENTOML_HOME or PREFECT_HOME elsewhere on purpose.
+    Values the caller exported win, so a user can point BENTOML_HOME or PREFECT_HOME elsewhere on purpose. Under
+    `dvc exp run` the stages run in a temporary copy of the project (queued experiments); DVC_ROOT names the real
+    one, whose model store the experiment must compare with and store into.
     """
-    root = Path(root).resolve()
+    root = Path(os.environ.get("DVC_ROOT") or root).resolve()
     for key, value in OFFLINE.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
