@@ -212,6 +212,15 @@ def _read(path: str) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else None
 
 
+def failure_message(params: Params, stage_failure: str) -> str:
+    """What a failed pipeline run tells the notification channels: the gate's reason when it refused the candidate."""
+    verdict = _read(params.paths.verdict)
+    if "'package'" in stage_failure and verdict and verdict.get("decision") == "refuse":
+        return (f"the gate refused the candidate ({verdict.get('reason', '')}); nothing was packaged and the "
+                f"champion stays; the checks are in {params.paths.verdict}")
+    return stage_failure
+
+
 def build_record(params: Params, run: dict[str, Any], intake: dict[str, Any], result: dict[str, Any] | None,
                  failure: str | None) -> dict[str, Any]:
     """The run record: what came in, what ran, the data version, params, metrics, verdict, model and code."""
@@ -307,7 +316,7 @@ def scheduled_run(root: str = ".") -> dict[str, Any]:
             try:
                 result = pipeline(root=str(root_path))
             except StageFailed as exc:
-                failure = str(exc)
+                failure = failure_message(params, str(exc))
         else:
             logger.info("nothing changed (no new rows, same params and code): no stage runs")
 

@@ -260,6 +260,11 @@ def test_a_recorded_run_is_rebuilt_in_a_fresh_clone_with_identical_metrics(sched
     lock = yaml.safe_load((clone / "dvc.lock").read_text())
     assert {out["path"]: out["md5"] for out in lock["stages"]["prepare"]["outs"]} == {
         "data/prepared": record["data_version"]["data/prepared"]}
+    # the very same weights: the retrained model folder hashes as the recorded run's did
+    recorded = yaml.safe_load(sh(project, "git", "show", f"{record['git_tag']}:dvc.lock").stdout)
+    [model] = [out for out in recorded["stages"]["train"]["outs"] if out["path"] == "models/candidate"]
+    assert [out["md5"] for out in lock["stages"]["train"]["outs"] if out["path"] == "models/candidate"] == [
+        model["md5"]]
 
 
 def test_prefect_yaml_deploys_the_same_deployment_to_a_process_work_pool(scheduled, project_root: Path) -> None:
