@@ -27,8 +27,10 @@ class _Block(BaseModel):
 class DataParams(_Block):
     """Where the labelled data comes from and how it is split."""
 
+    modality: Literal["text", "image"] = "text"
     path: str = BUILTIN
     text_column: str = "text"
+    image_column: str = "image"  # image: the column of image paths (relative to the file) in a CSV/Parquet source
     label_column: str = "label"
     labels: list[str] | None = None
     delimiter: str | None = None
@@ -82,6 +84,22 @@ class DataParams(_Block):
 
 
 Severity = Literal["error", "warning", "off"]
+
+
+class ImageParams(_Block):
+    """Image data (data.modality: image): what an image file may be, and the size the model sees."""
+
+    size: Annotated[int, Field(ge=8, le=1024)] = 64  # pixels per side the model sees (EfficientNet-Lite0: 224)
+    min_side: Annotated[int, Field(ge=1)] = 8  # a smaller width or height is refused
+    max_side: Annotated[int, Field(ge=1)] = 8192
+    max_pixels: Annotated[int, Field(ge=1)] = 40_000_000  # width x height; larger files are refused undecoded
+    max_file_bytes: Annotated[int, Field(ge=1)] = 50_000_000
+
+    @model_validator(mode="after")
+    def _sides_in_order(self) -> ImageParams:
+        if self.min_side > self.max_side:
+            raise ValueError(f"image.min_side ({self.min_side}) is above image.max_side ({self.max_side})")
+        return self
 
 
 class ValidateSeverity(_Block):
@@ -392,6 +410,7 @@ class Params(_Block):
     """The whole of params.yaml."""
 
     data: DataParams = DataParams()
+    image: ImageParams = ImageParams()
     validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
     augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()

@@ -32,7 +32,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from components.config import DataParams, Params
+from components.config import DataParams, ImageParams, Params
 from components.io import LABELS_FILE, SPLITS, SUMMARY_FILE, atomic_dir, write_json, write_split
 from components.stage import StageError, stage_main
 from components.text import dedup_key, normalise_counting
@@ -630,13 +630,16 @@ def subsample(frame: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFr
     return pd.concat(parts).sort_values("source_row").reset_index(drop=True)
 
 
-def split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> Splits:
+def split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
+          keys: pd.Series | None = None) -> Splits:
     """Stratified, seeded split that keeps texts sharing a dedup key together, so no text lands in two splits.
 
     Within each label the duplicate groups are shuffled by `seed`; the first share goes to test, the next to val,
     the rest to train (which always gets at least one group). The same input and seed give the same splits.
+    `keys` groups the rows instead of the texts' dedup keys (images: their content hash).
     """
-    keys = frame["text"].map(lambda t: dedup_key(t) if isinstance(t, str) else "")
+    if keys is None:
+        keys = frame["text"].map(lambda t: dedup_key(t) if isinstance(t, str) else "")
     groups = pd.DataFrame({"key": keys, "label": frame["label"].fillna("")}).drop_duplicates("key")
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
@@ -671,13 +674,15 @@ def warn_if_unwatched(params: DataParams, raw_dir: str | Path) -> None:
         )
 
 
-def run(params: DataParams, out_dir: str | Path, accepted_dir: str | Path | None = None) -> PrepareResult:
+def run(params: DataParams, out_dir: str | Path, accepted_dir: str | Path | None = None,
+        image: ImageParams | None = None) -> PrepareResult:
     """Load, normalise and split the source; write the splits, labels.json and summary.json atomically.
 
     Args:
         params: the data block of params.yaml.
         out_dir: the prepared-data folder (paths.prepared).
         accepted_dir: rows taken from incoming files (paths.accepted), appended to the source; None = none.
+        image: the image block, for data.modality image (components/images.py prepares those).
 
     Returns:
         Row counts per split, the label list, the source's name and the summary written.
@@ -687,6 +692,10 @@ def run(params: DataParams, out_dir: str | Path, accepted_dir: str | Path | None
             columns, or has no readable record. Malformed records alone do not raise: they are skipped and listed
             in summary.json, and the validate stage stops on them.
     """
+    if params.modality == "image":
+        from components.images import prepare_images
+
+        return prepare_images(params, image or ImageParams(), out_dir)
     loaded = load(params)
     frame = subsample(loaded.frame, params.max_rows, params.seed)
     loaded = append_accepted(replace(loaded, frame=frame), accepted_dir)
@@ -710,7 +719,7 @@ def run(params: DataParams, out_dir: str | Path, accepted_dir: str | Path | None
 def main() -> None:
     def _run(p: Params) -> PrepareResult:
         warn_if_unwatched(p.data, p.paths.raw_dir)
-        return run(p.data, p.paths.prepared, p.paths.accepted)
+        return run(p.data, p.paths.prepared, p.paths.accepted, p.image)
 
     stage_main("prepare", _run)
 

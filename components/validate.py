@@ -827,6 +827,9 @@ def _read(prepared_dir: Path) -> tuple[dict[str, pd.DataFrame], list[str], dict[
     except ValueError as exc:
         raise StageError(f"{prepared_dir} holds a file that is not valid JSON ({exc}); "
                          "rerun the prepare stage (dvc repro prepare)") from None
+    if summary is not None and summary.get("format") == "images":
+        raise StageError(f"{prepared_dir} holds images (data.modality: image); validating, augmenting, training and "
+                         "serving images are not built yet, only preparing them: set data.modality to text")
     return frames, labels, summary
 
 

@@ -1,0 +1,146 @@
+"""components/images.py: what an image file holds or why it cannot be used, and the image sources."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from components.images import class_folders, inspect_image, write_digits
+from components.stage import StageError
+
+
+def encoded(fmt: str, size: tuple[int, int] = (32, 24), mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color=0).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "mode", "channels"), [("PNG", "RGB", 3), ("JPEG", "L", 1), ("PNG", "RGBA", 4),
+                                                       ("BMP", "RGB", 3)])
+def test_a_good_image_is_described(fmt: str, mode: str, channels: int) -> None:
+    info = inspect_image(encoded(fmt, mode=mode))
+    assert info.problem is None
+    assert (info.format, info.width, info.height, info.mode, info.channels) == (fmt, 32, 24, mode, channels)
+    assert len(info.sha256) == 64 and info.size_bytes > 0
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    (b"", "empty"),
+    (b"%PDF-1.7 not an image at all", "not an image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image"),
+    (encoded("JPEG", (64, 64))[:300], "truncated"),
+    (encoded("PNG", (64, 64))[:-20], "truncated"),
+    (encoded("ICO", (16, 16)), "is ICO data"),
+])
+def test_bad_bytes_get_a_problem_that_names_it(data: bytes, words: str) -> None:
+    info = inspect_image(data)
+    assert info.problem is not None and words in info.problem, info.problem
+
+
+def test_too_many_pixels_are_refused_before_decoding() -> None:
+    info = inspect_image(encoded("PNG", (400, 300)), max_pixels=100_000)
+    assert info.problem is not None and "400x300 pixels, over the limit of 100,000" in info.problem
+
+
+def test_the_same_pixels_in_the_same_bytes_hash_the_same() -> None:
+    assert inspect_image(encoded("PNG")).sha256 == inspect_image(encoded("PNG")).sha256
+    assert inspect_image(encoded("PNG")).sha256 != inspect_image(encoded("PNG", (33, 24))).sha256
+
+
+def test_the_builtin_digits_are_written_as_grey_pngs(tmp_path: Path) -> None:
+    pairs = write_digits(tmp_path / "a")
+    again = write_digits(tmp_path / "b")
+
+    assert len(pairs) == 1797 and sorted({label for _, label in pairs}) == [str(d) for d in range(10)]
+    info = inspect_image(pairs[0][0].read_bytes())
+    assert (info.format, info.width, info.height, info.channels, info.problem) == ("PNG", 8, 8, 1, None)
+    from sklearn.datasets import load_digits
+
+    ink = load_digits().images[0]  # 0-16 -> 0-255 grey
+    assert np.array_equal(np.asarray(Image.open(pairs[0][0])), np.round(ink * 255 / 16).astype(np.uint8))
+    assert all(a.read_bytes() == b.read_bytes() for (a, _), (b, _) in zip(pairs[:50], again[:50], strict=True))
+
+
+def test_class_folders_label_each_file_by_its_folder(tmp_path: Path) -> None:
+    for name in ("cats/1.png", "cats/sub/2.jpg", "dogs/3.png", ".hidden/4.png", "cats/.DS_Store"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    pairs = [(path.relative_to(tmp_path).as_posix(), label) for path, label in class_folders(tmp_path)]
+    assert pairs == [("cats/1.png", "cats"), ("cats/sub/2.jpg", "cats"), ("dogs/3.png", "dogs")]
+    with pytest.raises(StageError, match="not a folder"):
+        class_folders(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StageError, match="no class sub-folders"):
+        class_folders(tmp_path / "empty")
+
+
+def prepared(tmp_path: Path, data: dict, image: dict | None = None) -> tuple[object, dict[str, object]]:
+    from components.config import parse_params
+    from components.prepare import run
+
+    params = parse_params({"data": {"modality": "image", **data}, "image": image or {}})
+    result = run(params.data, tmp_path / "prepared", None, params.image)
+    splits = {name: pd.read_json(tmp_path / "prepared" / f"{name}.jsonl", lines=True, dtype={"label": str})
+              for name in ("train", "val", "test")}
+    return result, splits
+
+
+def test_prepare_splits_the_builtin_digits_and_copies_each_image_once(tmp_path: Path) -> None:
+    result, splits = prepared(tmp_path, {"max_rows": 200})
+
+    assert abs(sum(result.counts.values()) - 200) <= 10 and result.labels == [str(d) for d in range(10)]
+    rows = [row for part in splits.values() for row in part.to_dict("records")]
+    assert all(pd.isna(row["problem"]) and (tmp_path / "prepared" / row["image"]).is_file() for row in rows)
+    assert {row["format"] for row in rows} == {"PNG"} and {row["width"] for row in rows} == {8}
+    assert len(list((tmp_path / "prepared/images").iterdir())) == len({row["sha256"] for row in rows})
+
+
+def test_prepare_keeps_unusable_images_as_rows_that_say_why(tmp_path: Path) -> None:
+    source = tmp_path / "photos"
+    good = encoded("PNG", (20, 20))
+    files = {"cats/a.png": good, "cats/b.png": encoded("PNG", (21, 20)), "cats/copy.png": good,
+             "dogs/c.jpg": encoded("JPEG", (20, 22)), "dogs/d.jpg": encoded("JPEG", (30, 30))[:200],
+             "dogs/notes.txt": b"not an image", "dogs/e.png": encoded("PNG", (22, 20))}
+    for name, data in files.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+
+    result, splits = prepared(tmp_path, {"path": str(source), "val_fraction": 0.2, "test_fraction": 0.2})
+
+    rows = {row["file"].split("photos/")[-1]: (name, row) for name, part in splits.items()
+            for row in part.to_dict("records")}
+    assert set(rows) == set(files) and result.labels == ["cats", "dogs"]
+    assert "truncated" in rows["dogs/d.jpg"][1]["problem"] and pd.isna(rows["dogs/d.jpg"][1]["image"])
+    assert "not an image" in rows["dogs/notes.txt"][1]["problem"]
+    assert rows["cats/a.png"][0] == rows["cats/copy.png"][0]  # the same bytes never straddle two splits
+    assert rows["cats/a.png"][1]["image"] == rows["cats/copy.png"][1]["image"]
+    assert result.summary["unusable_images"] == 2
+
+
+def test_prepare_reads_a_table_of_image_paths(tmp_path: Path) -> None:
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.png").write_bytes(encoded("PNG", (10 + i, 10)))
+    (folder / "labels.csv").write_text("path,kind\n" + "".join(f"{i}.png,{'a' if i % 2 else 'b'}\n" for i in range(6))
+                                       + "missing.png,a\n")
+    result, splits = prepared(tmp_path, {"path": str(folder / "labels.csv"), "image_column": "path",
+                                         "label_column": "kind", "val_fraction": 0.2, "test_fraction": 0.2})
+    rows = [row for part in splits.values() for row in part.to_dict("records")]
+    assert len(rows) == 7 and sorted({row["label"] for row in rows}) == ["a", "b"]
+    [missing] = [row for row in rows if pd.isna(row["image"])]
+    assert "does not exist" in missing["problem"] and missing["line"] == 8
+
+
+def test_validate_says_plainly_that_images_stop_after_prepare(tmp_path: Path) -> None:
+    from components.config import ValidateParams
+    from components.validate import run as validate
+
+    prepared(tmp_path, {"max_rows": 50})
+    with pytest.raises(StageError, match="not built yet, only preparing them"):
+        validate(ValidateParams(), tmp_path / "prepared", tmp_path / "report.json")
