@@ -94,6 +94,7 @@ class ImageParams(_Block):
     max_side: Annotated[int, Field(ge=1)] = 8192
     max_pixels: Annotated[int, Field(ge=1)] = 40_000_000  # width x height; larger files are refused undecoded
     max_file_bytes: Annotated[int, Field(ge=1)] = 50_000_000
+    channels: list[Literal[1, 2, 3, 4]] = [1, 3, 4]  # grey, RGB, RGBA (the alpha channel is dropped for the model)
 
     @model_validator(mode="after")
     def _sides_in_order(self) -> ImageParams:
@@ -123,6 +124,11 @@ class ValidateSeverity(_Block):
     exact_duplicates: Severity = "warning"
     normalised_duplicates: Severity = "warning"
     conflicting_labels: Severity = "warning"
+    # images (data.modality: image)
+    unreadable_image: Severity = "error"  # not an image, a format outside the list, truncated, corrupt, too big
+    image_too_small: Severity = "error"  # a side under image.min_side
+    image_too_large: Severity = "error"  # a side over image.max_side
+    image_channels: Severity = "error"  # channels outside image.channels
 
     @model_validator(mode="before")
     @classmethod

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from components.config import Severity, ValidateParams
+from components.config import ImageParams, Severity, ValidateParams
 from components.io import SPLITS, read_labels, read_split, read_summary, split_path, write_json
 from components.stage import StageError, stage_main
 from components.text import dedup_key
@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("text", "label", "source_row")
+# Image splits (data.modality image): prepare's record of each file; validate adds text (the content hash, which the
+# duplicate and leakage checks compare) and the short and long side the size checks read.
+IMAGE_COLUMNS = ("image", "label", "source_row", "file", "sha256", "width", "height", "channels", "problem")
+FILE = "file"
+IMAGE_DETAILS = ("problem", "width", "height", "channels")
 LINE = "line"  # 1-based line of the row in the source file, written by prepare; older splits lack it
 TEXT_SHOWN = 120  # characters of a text kept in the report
 TEXT_IN_MESSAGE = 60  # shorter in the error message, where several examples share one line
@@ -162,6 +167,8 @@ def _position(row: Mapping[str, Any]) -> dict[str, Any]:
     line = _plain(row.get(LINE))
     if line is not None:
         where[LINE] = int(line)
+    if _plain(row.get(FILE)) is not None:  # image rows: the file it came from
+        where[FILE] = _plain(row.get(FILE))
     return where
 
 
@@ -169,6 +176,9 @@ def _row_example(frame: pd.DataFrame, index: Any, with_length: bool = False) -> 
     row = frame.loc[index]
     text = _plain(row.get("text"))
     example = {**_position(row), "text": _clip(text), "label": _plain(row.get("label"))}
+    for key in IMAGE_DETAILS:  # image rows: why it is unusable, or its size and channels
+        if _plain(row.get(key)) is not None:
+            example[key] = _plain(row.get(key))
     if with_length and isinstance(text, str):
         # The text itself is clipped, so a too-long row needs its real length spelled out.
         example["length"] = len(text)
@@ -176,7 +186,10 @@ def _row_example(frame: pd.DataFrame, index: Any, with_length: bool = False) -> 
 
 
 def _where(row: Mapping[str, Any]) -> str:
-    """'line 12' (the source file's line) when known, else 'source_row 11' (the row's index among the records)."""
+    """'line 12' (the source file's line) when known, else 'source_row 11' (the row's index among the records); an
+    image row's file."""
+    if row.get(FILE) is not None:
+        return str(row[FILE])
     if row.get(LINE) is not None:
         return f"line {row[LINE]}"
     return f"source_row {row.get('source_row')}"
@@ -200,6 +213,11 @@ def _example(check: Mapping[str, Any], row: Mapping[str, Any], limit: int) -> st
         return (f"label {row['label']!r} has {row['train_rows']} train row(s), {row['ratio']:g} times fewer than "
                 f"{row['largest_label']!r} ({row['largest_rows']})")
     prefix = f"{row['split']} " if "split" in row else ""
+    if row.get("problem") is not None:
+        return f"{prefix}{_where(row)}: {row['problem']}"
+    if name in ("image_too_small", "image_too_large", "image_channels"):
+        width, height, channels = (int(row[key]) for key in ("width", "height", "channels"))
+        return f"{prefix}{_where(row)}: {width}x{height} pixels, {channels} channel(s)"
     shown = _shown(row.get("text"), limit)
     if "first" in row:
         first = row["first"]
@@ -313,6 +331,35 @@ def build_suite(context: Any, params: ValidateParams, labels: list[str]) -> Expe
     return suite
 
 
+def build_image_suite(context: Any, params: ValidateParams, limits: ImageParams,
+                      labels: list[str]) -> ExpectationSuite:
+    """The expectations every image split must meet (those not switched off), tagged with their check names."""
+    import great_expectations as gx
+
+    E = gx.expectations  # noqa: N806 - GX's own short name
+    suite = context.suites.add(gx.ExpectationSuite(name="prepared_image_split"))
+
+    def add(name: str, expectation: type, **kwargs: Any) -> None:
+        if getattr(params.severity, name) != "off":
+            suite.add_expectation(expectation(**kwargs, meta={"check": name}))
+
+    add("missing_columns", E.ExpectTableColumnsToMatchSet, column_set=list(IMAGE_COLUMNS), exact_match=False)
+    add("empty_split", E.ExpectTableRowCountToBeBetween, min_value=1)
+    # prepare decoded every byte of every file; its problem says why one could not be used (not an image, a format
+    # outside the list, truncated or corrupt, too many pixels or bytes)
+    add("unreadable_image", E.ExpectColumnValuesToBeNull, column="problem")
+    # a thumbnail or a sliver teaches nothing; a poster-sized scan costs memory for nothing (image.min/max_side)
+    add("image_too_small", E.ExpectColumnValuesToBeBetween, column="short_side", min_value=limits.min_side)
+    add("image_too_large", E.ExpectColumnValuesToBeBetween, column="long_side", max_value=limits.max_side)
+    # grey (1), RGB (3) or RGBA (4) by default: a two-channel or CMYK file is a surprise worth stopping on
+    add("image_channels", E.ExpectColumnValuesToBeInSet, column="channels", value_set=list(limits.channels))
+    add("null_label", E.ExpectColumnValuesToNotBeNull, column="label")
+    add("unknown_label", E.ExpectColumnValuesToBeInSet, column="label", value_set=list(labels))
+    return suite
+
+
+IMAGE_SUITE_CHECKS = ("missing_columns", "empty_split", "unreadable_image", "image_too_small", "image_too_large",
+                      "image_channels", "null_label", "unknown_label")
 SUITE_CHECKS = ("missing_columns", "empty_split", "null_text", "blank_text", "text_length", "control_characters",
                 "invalid_utf8", "null_label", "unknown_label")
 SUITE_EXPECTATIONS = {
@@ -325,6 +372,10 @@ SUITE_EXPECTATIONS = {
     "invalid_utf8": ("expect_column_values_to_not_match_regex", "text"),
     "null_label": ("expect_column_values_to_not_be_null", "label"),
     "unknown_label": ("expect_column_values_to_be_in_set", "label"),
+    "unreadable_image": ("expect_column_values_to_be_null", "problem"),
+    "image_too_small": ("expect_column_values_to_be_between", "short_side"),
+    "image_too_large": ("expect_column_values_to_be_between", "long_side"),
+    "image_channels": ("expect_column_values_to_be_in_set", "channels"),
 }
 
 
@@ -357,14 +408,14 @@ def _check_from_gx(result: Any, frame: pd.DataFrame, severity: Severity) -> Chec
 
 
 def _validate_split(batch_definition: BatchDefinition, suite: ExpectationSuite, frame: pd.DataFrame,
-                    params: ValidateParams) -> list[Check]:
-    """Run the suite on one split; the checks come back in SUITE_CHECKS order, off ones included."""
+                    params: ValidateParams, names: tuple[str, ...] = SUITE_CHECKS) -> list[Check]:
+    """Run the suite on one split; the checks come back in `names` order, off ones included."""
     # SUMMARY with a capped partial list: counts are complete, and only the first few offending rows are collected.
     result = batch_definition.get_batch(batch_parameters={"dataframe": frame}).validate(
         suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": params.max_failed_rows_shown})
     by_name = {r.expectation_config.meta["check"]: r for r in result.results}
     checks = []
-    for name in SUITE_CHECKS:
+    for name in names:
         severity = getattr(params.severity, name)
         if name in by_name:
             checks.append(_check_from_gx(by_name[name], frame, severity))
@@ -381,20 +432,23 @@ def _quiet_gx_logging() -> None:
         gx_logger.setLevel(logging.WARNING)
 
 
-def check_splits(frames: Mapping[str, pd.DataFrame], labels: list[str],
-                 params: ValidateParams) -> dict[str, list[Check]]:
+def check_splits(frames: Mapping[str, pd.DataFrame], labels: list[str], params: ValidateParams,
+                 limits: ImageParams | None = None) -> dict[str, list[Check]]:
     """Validate each split against one Great Expectations suite, in an ephemeral (in-memory) context.
 
     Args:
-        frames: split name to a frame with columns text, label, source_row (and line), indexed 0..n-1.
+        frames: split name to a frame with columns text, label, source_row (and line), indexed 0..n-1; for images
+            also IMAGE_COLUMNS, short_side and long_side.
         labels: the allowed labels (labels.json).
         params: the validate block of params.yaml.
+        limits: the image block, for image splits (the image suite instead of the text one); None for text.
 
     Returns:
-        For each split, its checks in SUITE_CHECKS order (switched-off ones reported as off).
+        For each split, its checks in SUITE_CHECKS (IMAGE_SUITE_CHECKS) order (switched-off ones reported as off).
     """
-    if all(getattr(params.severity, name) == "off" for name in SUITE_CHECKS):
-        return {name: [_off(check, *SUITE_EXPECTATIONS[check]) for check in SUITE_CHECKS] for name in frames}
+    names = SUITE_CHECKS if limits is None else IMAGE_SUITE_CHECKS
+    if all(getattr(params.severity, name) == "off" for name in names):
+        return {name: [_off(check, *SUITE_EXPECTATIONS[check]) for check in names] for name in frames}
     _quiet_gx_logging()
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -409,8 +463,9 @@ def check_splits(frames: Mapping[str, pd.DataFrame], labels: list[str],
     batch_definition = (context.data_sources.add_pandas("prepared")
                         .add_dataframe_asset("split")
                         .add_batch_definition_whole_dataframe("whole_split"))
-    suite = build_suite(context, params, labels)
-    return {name: _validate_split(batch_definition, suite, frame, params) for name, frame in frames.items()}
+    suite = build_suite(context, params, labels) if limits is None else build_image_suite(context, params, limits,
+                                                                                           labels)
+    return {name: _validate_split(batch_definition, suite, frame, params, names) for name, frame in frames.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -442,7 +497,7 @@ def dedup_keys(texts: pd.Series) -> pd.Series:
 
 def _all_rows(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """Every split's rows in one frame, with the split's name and order, and integer ids for text, key and label."""
-    columns = [*REQUIRED_COLUMNS, LINE]
+    columns = [*REQUIRED_COLUMNS, LINE, FILE]
     parts = [frame.reindex(columns=columns).assign(split=name, order=order)
              for order, (name, frame) in enumerate(frames.items())]
     rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*columns, "split", "order"])
@@ -643,8 +698,24 @@ def _in_source_order(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def image_frames(frames: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Image splits as validate reads them: text is the content hash (the file's name when it has none), so the
+    duplicate, conflict and leakage checks compare images byte for byte; short_side and long_side for the size
+    checks."""
+    out = {}
+    for name, frame in frames.items():
+        frame = frame.copy()
+        hashes = frame["sha256"] if "sha256" in frame else pd.Series(None, index=frame.index, dtype=object)
+        files = frame[FILE] if FILE in frame else frame["source_row"].astype(str)
+        frame["text"] = hashes.where(hashes.notna(), "unreadable " + files.astype(str))
+        sides = frame.reindex(columns=["width", "height"]).astype(float)
+        frame["short_side"], frame["long_side"] = sides.min(axis=1), sides.max(axis=1)
+        out[name] = frame
+    return out
+
+
 def validate(frames: Mapping[str, pd.DataFrame], labels: list[str], params: ValidateParams,
-             summary: Mapping[str, Any] | None = None) -> ValidateResult:
+             summary: Mapping[str, Any] | None = None, limits: ImageParams | None = None) -> ValidateResult:
     """Run every check on the splits and assemble the report; raises nothing, the caller decides what fails.
 
     Args:
@@ -652,13 +723,16 @@ def validate(frames: Mapping[str, pd.DataFrame], labels: list[str], params: Vali
         labels: the allowed labels (labels.json).
         params: the validate block of params.yaml.
         summary: prepare's summary.json, or None when the prepared data has none.
+        limits: the image block when the splits hold images (prepare's summary says format "images"); None: text.
 
     Returns:
         The verdict, one message line per failed error check and per warning, rows per split, and the report.
     """
+    if limits is not None:
+        frames = image_frames(frames)
     frames = {name: _in_source_order(frame) for name, frame in frames.items()}
     source = check_source(summary, params)
-    gx_checks = check_splits(frames, labels, params)
+    gx_checks = check_splits(frames, labels, params, limits)
     duplicates, across = check_across_splits(frames, labels, params)
     per_split = {name: gx_checks[name] + duplicates[name] for name in frames}
     scoped = [(SOURCE, source)] + [(name, c) for name, checks in per_split.items() for c in checks] + [
@@ -827,9 +901,6 @@ def _read(prepared_dir: Path) -> tuple[dict[str, pd.DataFrame], list[str], dict[
     except ValueError as exc:
         raise StageError(f"{prepared_dir} holds a file that is not valid JSON ({exc}); "
                          "rerun the prepare stage (dvc repro prepare)") from None
-    if summary is not None and summary.get("format") == "images":
-        raise StageError(f"{prepared_dir} holds images (data.modality: image); validating, augmenting, training and "
-                         "serving images are not built yet, only preparing them: set data.modality to text")
     return frames, labels, summary
 
 
@@ -847,7 +918,7 @@ def _fix(result: ValidateResult, with_lines: bool, report_path: Path, html_path:
 
 
 def run(params: ValidateParams, prepared_dir: str | Path, report_path: str | Path,
-        html_path: str | Path | None = None) -> ValidateResult:
+        html_path: str | Path | None = None, limits: ImageParams | None = None) -> ValidateResult:
     """Validate the prepared splits, write the JSON and HTML reports, and stop the pipeline if an error check failed.
 
     The reports are written whether or not the data passes, with stable keys and no timestamps. Warnings are
@@ -858,6 +929,7 @@ def run(params: ValidateParams, prepared_dir: str | Path, report_path: str | Pat
         prepared_dir: the folder the prepare stage wrote (paths.prepared).
         report_path: where the JSON report goes (paths.validation).
         html_path: where the HTML report goes (paths.validation_html); beside the JSON report when not given.
+        limits: the image block (image size and channel bounds), used when prepare wrote images.
 
     Returns:
         The verdict (always a success: a failure raises).
@@ -869,7 +941,8 @@ def run(params: ValidateParams, prepared_dir: str | Path, report_path: str | Pat
     report_path = Path(report_path)
     html_path = Path(html_path) if html_path is not None else report_path.with_suffix(".html")
     frames, labels, summary = _read(Path(prepared_dir))
-    result = validate(frames, labels, params, summary)
+    images = summary is not None and summary.get("format") == "images"
+    result = validate(frames, labels, params, summary, (limits or ImageParams()) if images else None)
     write_json(report_path, result.report)
     _write_text(html_path, render_html(result.report))
     noise = noise_sentence(result.report)
@@ -901,7 +974,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def main() -> None:
     stage_main("validate", lambda p: run(p.validate_params, p.paths.prepared, p.paths.validation,
-                                         p.paths.validation_html))
+                                         p.paths.validation_html, p.image))
 
 
 if __name__ == "__main__":

@@ -137,10 +137,39 @@ def test_prepare_reads_a_table_of_image_paths(tmp_path: Path) -> None:
     assert "does not exist" in missing["problem"] and missing["line"] == 8
 
 
-def test_validate_says_plainly_that_images_stop_after_prepare(tmp_path: Path) -> None:
-    from components.config import ValidateParams
-    from components.validate import run as validate
+def test_validate_checks_images_with_its_suite_and_names_each_file(tmp_path: Path) -> None:
+    from components.config import parse_params
+    from components.validate import validate
 
-    prepared(tmp_path, {"max_rows": 50})
-    with pytest.raises(StageError, match="not built yet, only preparing them"):
-        validate(ValidateParams(), tmp_path / "prepared", tmp_path / "report.json")
+    source = tmp_path / "photos"
+    good = encoded("PNG", (20, 20))
+    files = {"cats/a.png": good, "cats/b.png": encoded("PNG", (21, 20)), "cats/c.png": encoded("PNG", (3, 20)),
+             "cats/d.png": encoded("PNG", (22, 20), mode="LA"), "dogs/e.jpg": encoded("JPEG", (30, 30))[:200],
+             "dogs/f.png": encoded("PNG", (23, 20)), "dogs/g.png": encoded("PNG", (24, 20)), "dogs/h.png": good}
+    for name, data in files.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+    result, splits = prepared(tmp_path, {"path": str(source), "val_fraction": 0.2, "test_fraction": 0.2})
+    params = parse_params({"image": {"min_side": 8}})
+
+    verdict = validate(splits, result.labels, params.validate_params, result.summary, params.image)
+
+    failed = "\n".join(verdict.failures)
+    assert not verdict.success
+    assert "[unreadable_image]" in failed and "photos/dogs/e.jpg: could not be decoded completely" in failed
+    assert "[image_too_small]" in failed and "photos/cats/c.png: 3x20 pixels" in failed
+    assert "[image_channels]" in failed and "photos/cats/d.png: 22x20 pixels, 2 channel(s)" in failed
+    # the same bytes under two labels: one image, two answers
+    assert any("[conflicting_labels]" in w and "photos/cats/a.png" in w for w in verdict.warnings), verdict.warnings
+    checks = {c["check"]: c for split in verdict.report["splits"].values() for c in split["checks"]}
+    assert checks["unreadable_image"]["expectation"] == "expect_column_values_to_be_null"
+
+
+def test_clean_digits_pass_validation(tmp_path: Path) -> None:
+    from components.config import parse_params
+    from components.validate import validate
+
+    result, splits = prepared(tmp_path, {"max_rows": 300})
+    params = parse_params({})
+    verdict = validate(splits, result.labels, params.validate_params, result.summary, params.image)
+    assert verdict.success, verdict.failures
