@@ -470,8 +470,9 @@ def run(params: AugmentParams, model_params: ModelParams, prepared_dir: str | Pa
     """
     summary = Path(prepared_dir) / SUMMARY_FILE
     if summary.is_file() and read_json(summary).get("format") == "images":
-        raise StageError(f"{prepared_dir} holds images (data.modality: image): preparing and validating images work, "
-                         "augmenting, training and serving them are not built yet; set data.modality to text")
+        from components.images import augment_images
+
+        return augment_images(params, prepared_dir, out_dir)
     train = read_split(prepared_dir, "train")
     held_out = pd.concat([read_split(prepared_dir, "val")["text"], read_split(prepared_dir, "test")["text"]])
     wanted = copies_per_class(train["label"].value_counts().to_dict(), params)

@@ -156,6 +156,27 @@ class ValidateParams(_Block):
 Multiplier = Annotated[float, Field(ge=0.0, le=100.0)]
 
 
+class ImageAugmentParams(_Block):
+    """Perturbations of train images (data.modality image), each drawn with its probability (kornia)."""
+
+    p_flip: Probability = 0.0  # mirror left-right: 0.5 suits photos; a mirrored digit or letter changes meaning
+    p_crop: Probability = 0.5  # crop a random part (crop_scale of the area) and resize it back
+    crop_scale: Annotated[list[Annotated[float, Field(gt=0.0, le=1.0)]], Field(min_length=2, max_length=2)] = [
+        0.8, 1.0]
+    p_rotate: Probability = 0.3
+    max_degrees: Annotated[float, Field(ge=0.0, le=180.0)] = 10.0
+    p_color: Probability = 0.3  # brightness, contrast and saturation jitter
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    saturation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+
+    @model_validator(mode="after")
+    def _scale_in_order(self) -> ImageAugmentParams:
+        if self.crop_scale[0] > self.crop_scale[1]:
+            raise ValueError(f"augment.image.crop_scale {self.crop_scale} must be [smaller, larger]")
+        return self
+
+
 class AugmentParams(_Block):
     """Label-preserving augmentation of the train split: how many copies, and which perturbations make them."""
 
@@ -172,6 +193,7 @@ class AugmentParams(_Block):
     synonym_top_k: Annotated[int, Field(ge=1, le=100)] = 5
     synonym_min_similarity: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.4
     synonym_max_label_shift: Probability = 0.2
+    image: ImageAugmentParams = ImageAugmentParams()
     seed: int = 13
 
     @field_validator("per_class", mode="before")

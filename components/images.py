@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.config import DataParams, ImageParams
+from components.config import AugmentParams, DataParams, ImageAugmentParams, ImageParams
 from components.stage import StageError
 
 if TYPE_CHECKING:
+    from components.augment import AugmentResult
     from components.prepare import PrepareResult
 
 log = logging.getLogger(__name__)
@@ -232,3 +233,106 @@ def prepare_images(data: DataParams, limits: ImageParams, out_dir: str | Path) -
     log.info("prepared %s: %s images per split, labels %s; %d image(s) read, %d unusable", source, counts, labels,
              len(rows), unusable)
     return PrepareResult(counts=counts, labels=labels, source=source, summary=summary)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# augment, for data.modality: image
+
+
+def perturb(image: Any, params: ImageAugmentParams) -> Any:
+    """One perturbed copy of `image` (a float tensor 1x3xHxW in [0, 1]), the same size; torch's RNG draws."""
+    import kornia.augmentation as K  # noqa: N812 - kornia's own short name
+
+    height, width = image.shape[-2:]
+    pipeline = K.AugmentationSequential(
+        K.RandomResizedCrop((height, width), scale=tuple(params.crop_scale), p=params.p_crop),
+        K.RandomHorizontalFlip(p=params.p_flip),
+        K.RandomRotation(degrees=params.max_degrees, p=params.p_rotate),
+        K.ColorJitter(brightness=params.brightness, contrast=params.contrast, saturation=params.saturation,
+                      p=params.p_color),
+        data_keys=["input"],
+    )
+    return pipeline(image).clamp(0.0, 1.0)
+
+
+def load_rgb(path: str | Path) -> Any:
+    """An image file as a float tensor 1x3xHxW in [0, 1] (grey and RGBA become RGB)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as image:
+        pixels = np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy, as torch wants
+    return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+
+
+def png_bytes(image: Any) -> bytes:
+    """A float tensor 1x3xHxW in [0, 1] as PNG bytes (no timestamp: the same pixels give the same bytes)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = (image[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def augment_images(params: AugmentParams, prepared_dir: str | Path, out_dir: str | Path) -> AugmentResult:
+    """The image counterpart of augment.run: perturbed copies of train images (kornia), train split only.
+
+    As for text, augment.copies_per_example (per_class, balance, max_copies_per_example) sets how many copies each
+    class gets; augment.image sets the perturbations. out_dir gets images/ (the train images and the copies) and
+    train.jsonl, each copy's row keeping its original's source_row and file; a copy identical to a val or test
+    image is dropped. The same seed and data give the same copies.
+    """
+    import os
+
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from components.augment import AugmentResult, copies_per_class, pick_sources
+    from components.io import SUMMARY_FILE, atomic_dir, read_split, write_json, write_split
+
+    prepared_dir = Path(prepared_dir)
+    train = read_split(prepared_dir, "train")
+    held_out = set(pd.concat([read_split(prepared_dir, name)["sha256"] for name in ("val", "test")]).dropna())
+    wanted = copies_per_class(train["label"].value_counts().to_dict(), params)
+    rng = np.random.default_rng(params.seed)
+    torch.manual_seed(params.seed)
+    copies, rejected = [], 0
+    with atomic_dir(out_dir) as tmp:
+        (tmp / IMAGES_DIR).mkdir()
+        for image in train["image"].dropna().unique():
+            try:  # a hard link where the file system allows it: the same bytes, no second copy
+                os.link(prepared_dir / image, tmp / image)
+            except OSError:
+                (tmp / image).write_bytes((prepared_dir / image).read_bytes())
+        for label in sorted(wanted):
+            rows = train[train["label"] == label].reset_index(drop=True)
+            for position in pick_sources(len(rows), wanted[label], rng):
+                row = rows.iloc[int(position)].to_dict()
+                data = png_bytes(perturb(load_rgb(prepared_dir / row["image"]), params.image))
+                info = inspect_image(data)
+                if info.sha256 in held_out:
+                    rejected += 1
+                    continue
+                name = f"{IMAGES_DIR}/{info.sha256}.png"
+                if not (tmp / name).exists():
+                    (tmp / name).write_bytes(data)
+                copies.append({**row, "image": name, "sha256": info.sha256, "format": "PNG", "mode": info.mode,
+                               "width": info.width, "height": info.height, "channels": info.channels,
+                               "size_bytes": info.size_bytes, "problem": None, "augmented": True})
+        augmented = pd.concat([train.assign(augmented=False), pd.DataFrame(copies)], ignore_index=True)
+        added = pd.Series([row["label"] for row in copies], dtype=object).value_counts().to_dict()
+        result = AugmentResult(original_rows=len(train), added_rows=len(copies),
+                               added_per_class={label: int(added.get(label, 0)) for label in sorted(wanted)},
+                               rejected=rejected, synonym_words=0)
+        write_split(tmp, "train", augmented)
+        write_json(tmp / SUMMARY_FILE, {"original_rows": result.original_rows, "added_rows": result.added_rows,
+                                        "added_per_class": result.added_per_class,
+                                        "rows_per_class": augmented["label"].value_counts().sort_index().to_dict(),
+                                        "rejected": result.rejected, "synonym_words": 0, "format": "images"})
+    log.info("augmented train images: %d + %d perturbed copies %s; %d dropped (equal to a val/test image)",
+             result.original_rows, result.added_rows, result.added_per_class, result.rejected)
+    return result

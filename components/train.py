@@ -393,6 +393,9 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
 
     from transformers import AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
+    if (Path(prepared_dir) / "images").is_dir():
+        raise StageError(f"{prepared_dir} holds images (data.modality: image): preparing, validating and augmenting "
+                         "images work, training and serving them are not built yet; set data.modality to text")
     labels = read_labels(prepared_dir)
     label_ids = {label: index for index, label in enumerate(labels)}
     train = read_split(augmented_dir, "train")

@@ -173,3 +173,26 @@ def test_clean_digits_pass_validation(tmp_path: Path) -> None:
     params = parse_params({})
     verdict = validate(splits, result.labels, params.validate_params, result.summary, params.image)
     assert verdict.success, verdict.failures
+
+
+def test_augment_adds_perturbed_train_images_only_reproducibly(tmp_path: Path) -> None:
+    from components.augment import run as augment
+    from components.config import parse_params
+
+    result, splits = prepared(tmp_path, {"max_rows": 120})
+    params = parse_params({"augment": {"copies_per_example": 1.0, "image": {"p_crop": 1.0, "p_rotate": 1.0}}})
+    out = augment(params.augment, params.model, tmp_path / "prepared", tmp_path / "augmented")
+    again = augment(params.augment, params.model, tmp_path / "prepared", tmp_path / "again")
+
+    train = pd.read_json(tmp_path / "augmented/train.jsonl", lines=True, dtype={"label": str})
+    copies = train[train["augmented"]]
+    assert out.original_rows == len(splits["train"]) and out.added_rows + out.rejected == len(splits["train"])
+    assert len(copies) == out.added_rows > 0 and set(copies["source_row"]) <= set(splits["train"]["source_row"])
+    assert all((tmp_path / "augmented" / image).is_file() for image in train["image"])
+    held_out = set(splits["val"]["sha256"]) | set(splits["test"]["sha256"])
+    assert not set(copies["sha256"]) & held_out
+    assert (copies["width"] == 8).all() and (copies["channels"] == 3).all()
+    originals = dict(zip(splits["train"]["source_row"], splits["train"]["sha256"], strict=True))
+    assert sum(originals[row.source_row] != row.sha256 for row in copies.itertuples()) > 0.9 * len(copies)
+    assert (tmp_path / "augmented/train.jsonl").read_bytes() == (tmp_path / "again/train.jsonl").read_bytes()
+    assert again.added_rows == out.added_rows
