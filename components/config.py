@@ -255,6 +255,7 @@ class ModelParams(_Block):
     """The pretrained backbone and the new classification head."""
 
     name_or_path: str = BUILTIN
+    pretrained: bool = True  # images: false = the same architecture with random weights (what pretraining buys)
     candidates: list[str] = []  # several checkpoints: a linear probe ranks them on val macro-F1; the best trains
     max_length: Annotated[int, Field(ge=8, le=4096)] = 128
     classifier_dropout: Probability = 0.1

@@ -110,7 +110,10 @@ def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path,
     classifier = Classifier.load(model_dir)
     if classifier.labels != labels:
         raise StageError(f"the model's labels {classifier.labels} differ from the data's {labels}; rerun train")
-    truth, texts = test["label"].tolist(), test["text"].tolist()
+    images = "image" in test and "text" not in test
+    truth = test["label"].tolist()
+    # texts, or for images their files (the predictions CSV and the report name each by its file)
+    texts = [str(Path(prepared_dir) / image) for image in test["image"]] if images else test["text"].tolist()
     probabilities = classifier.predict_proba(texts, batch_size=params.batch_size)
     broken = int((~np.isfinite(probabilities).all(axis=1)).sum())
     if broken:
@@ -125,7 +128,14 @@ def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path,
     model_metrics["intervals"] = m.bootstrap_intervals(truth, predicted, labels, params.bootstrap_resamples,
                                                        params.confidence, params.seed)
     model_metrics["ece"] = round(m.expected_calibration_error(probabilities, true_index), DIGITS)
-    baseline_metrics = m.classification_metrics(truth, baseline_predictions(train, test), labels)
+    if images:
+        from components.vision import thumbnail_baseline
+
+        baseline = thumbnail_baseline([Path(prepared_dir) / image for image in train["image"]],
+                                      train["label"].tolist(), [Path(t) for t in texts])
+    else:
+        baseline = baseline_predictions(train, test)
+    baseline_metrics = m.classification_metrics(truth, baseline, labels)
 
     comparison = None
     champion = load_champion(model_name) if model_name else None
@@ -172,7 +182,7 @@ def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path,
 
     interval = model_metrics["intervals"]["macro_f1"]
     print(f"test macro-F1: model {model_metrics['macro']['f1']:.4f} [{interval[0]:.4f}, {interval[1]:.4f}], "
-          f"TF-IDF baseline {baseline_metrics['macro']['f1']:.4f} ({len(test)} test rows)")
+          f"{'thumbnail' if images else 'TF-IDF'} baseline {baseline_metrics['macro']['f1']:.4f} ({len(test)} test rows)")
     for check in decision["checks"]:
         print(f"  [{'pass' if check['passed'] else 'FAIL'}] {check['message']}")
     print(f"decision: {decision['decision']}: {decision['reason']}")

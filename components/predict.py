@@ -57,6 +57,10 @@ class Classifier:
 
         model_dir = Path(model_dir)
         meta = read_meta(model_dir)
+        if meta.get("modality") == "image":  # same interface, images in (components/vision.py)
+            from components.vision import ImagePredictor
+
+            return ImagePredictor.load(model_dir, device)
         device = pick_device(device)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = load_trained(model_dir, meta.get("model", {}))

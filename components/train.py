@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.config import ModelParams, Params, TrainParams
+from components.config import ImageParams, ModelParams, Params, TrainParams
 from components.io import atomic_dir, read_labels, read_split, write_json
 from components.model import build_classifier, head_attribute, resolve_model
 from components.predict import META_FILE, pick_device
@@ -369,7 +369,8 @@ def _trainer_class(head_learning_rate: float | None, thaw: ThawPlan | None) -> A
 
 def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str | Path, prepared_dir: str | Path,
         out_dir: str | Path, metrics_path: str | Path, *, work_dir: str | Path | None = None,
-        live_dir: str | Path | None = None, selection_path: str | Path | None = None) -> TrainResult:
+        live_dir: str | Path | None = None, selection_path: str | Path | None = None,
+        image: ImageParams | None = None) -> TrainResult:
     """Fine-tune the pretrained model on the (augmented) train split, selecting the best checkpoint on val macro-F1.
 
     Args:
@@ -383,6 +384,7 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
             so nothing is resumed or cached.
         live_dir: dvclive's folder for per-step loss, learning rate and validation metrics; None = no dvclive.
         selection_path: where the ranking of model.candidates goes, when there are candidates.
+        image: the image block, when prepare wrote images (components/vision.py trains those).
 
     Returns:
         Training summary: rows, steps, best validation macro-F1, parameter counts, epoch wall times.
@@ -394,8 +396,12 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
     from transformers import AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
     if (Path(prepared_dir) / "images").is_dir():
-        raise StageError(f"{prepared_dir} holds images (data.modality: image): preparing, validating and augmenting "
-                         "images work, training and serving them are not built yet; set data.modality to text")
+        from components.vision import train_images
+
+        return train_images(model_params, train_params, image or ImageParams(), augmented_dir, prepared_dir, out_dir,
+                            metrics_path, work_dir=work_dir, live_dir=live_dir)
+    if not model_params.pretrained:
+        raise StageError("model.pretrained: false (random weights) is for image backbones; set it to true for text")
     labels = read_labels(prepared_dir)
     label_ids = {label: index for index, label in enumerate(labels)}
     train = read_split(augmented_dir, "train")
@@ -590,7 +596,8 @@ def main() -> None:
                                      f"with status {code}; their log is above")
                 return None
         return run(p.model, p.train, p.paths.augmented, p.paths.prepared, p.paths.model, p.paths.train_metrics,
-                   work_dir=p.paths.work_dir, live_dir=p.paths.train_live, selection_path=p.paths.model_selection)
+                   work_dir=p.paths.work_dir, live_dir=p.paths.train_live, selection_path=p.paths.model_selection,
+                   image=p.image)
 
     stage_main("train", _run)
 

