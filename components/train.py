@@ -396,8 +396,11 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
     from transformers import AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
     if (Path(prepared_dir) / "images").is_dir():
+        from components.selection import write_ranking
         from components.vision import train_images
 
+        if selection_path is not None:  # dvc.yaml's output: the image model is the one backbone, nothing ranked
+            write_ranking(selection_path, model_params.name_or_path, [])
         return train_images(model_params, train_params, image or ImageParams(), augmented_dir, prepared_dir, out_dir,
                             metrics_path, work_dir=work_dir, live_dir=live_dir)
     if not model_params.pretrained:

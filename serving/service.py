@@ -39,6 +39,7 @@ MODEL_TAG_ENV = "TUNELINE_MODEL_TAG"
 PARAMS_ENV = "TUNELINE_PARAMS"
 API_KEY_ENV = "TUNELINE_API_KEY"
 CLASSIFY_ROUTE = "/classify"
+CLASSIFY_IMAGE_ROUTE = "/classify_image"
 MODEL_ROUTE = "/model"
 
 # BentoML reads the limits, the request schema and the model reference when the class is defined, so the params load
@@ -70,6 +71,46 @@ class ClassifyRequest(BaseModel):
     ]
     top_k: Annotated[int | None, Field(ge=1, description=(
         f"labels to return per text, most likely first (default {_serve.top_k}; more than the model has = all)"
+    ))] = None
+
+
+def _image_bytes(encoded: str) -> bytes:
+    """A base64 image decoded and checked as training checked its images: a readable image within image.* limits."""
+    import base64
+    import binascii
+
+    from components.images import inspect_image
+
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not base64 (standard alphabet, with padding); encode the file's bytes") from None
+    limits = _params.image
+    if len(data) > limits.max_file_bytes:
+        raise ValueError(f"is {len(data):,} bytes, over image.max_file_bytes ({limits.max_file_bytes:,})")
+    info = inspect_image(data, max_pixels=limits.max_pixels)
+    if info.problem is not None:
+        raise ValueError(info.problem)
+    if min(info.width, info.height) < limits.min_side or max(info.width, info.height) > limits.max_side:
+        raise ValueError(f"is {info.width}x{info.height} pixels; each side must be {limits.min_side} to "
+                         f"{limits.max_side} (image.min_side, image.max_side)")
+    if info.channels not in limits.channels:
+        raise ValueError(f"has {info.channels} channel(s); the model takes {list(limits.channels)} (image.channels)")
+    return data
+
+
+class ClassifyImageRequest(BaseModel):
+    """The images to classify, each a base64-encoded PNG, JPEG, BMP, GIF, WEBP or TIFF file."""
+
+    model_config = ConfigDict(extra="forbid", title="ClassifyImageRequest")
+
+    images: Annotated[
+        list[Annotated[str, Field(min_length=1)]],
+        Field(min_length=1, max_length=_serve.max_texts_per_request,
+              description=f"1 to {_serve.max_texts_per_request} base64-encoded image files"),
+    ]
+    top_k: Annotated[int | None, Field(ge=1, description=(
+        f"labels to return per image, most likely first (default {_serve.top_k}; more than the model has = all)"
     ))] = None
 
 
@@ -249,6 +290,9 @@ class TunelineService:
             )
         self.model_tag = str(stored.tag)  # name:latest resolved, so answers name the exact model
         self.classifier = Classifier.load(stored.path)
+        from components.vision import ImagePredictor
+
+        self.modality = "image" if isinstance(self.classifier, ImagePredictor) else "text"
         self.info = _model_info(self.model_tag, stored, self.classifier)
         # One forward pass at a time (two at once would only split the same cores between them), always in the same
         # thread: torch keeps per-thread state (the OpenMP team on a CPU, the cuBLAS handle on a GPU) warm there.
@@ -283,7 +327,35 @@ class TunelineService:
 
         Each text gets its most likely label and probability, and the `top_k` most likely labels with theirs.
         """
-        probabilities = await self._probabilities(texts)
+        if self.modality != "text":
+            from bentoml.exceptions import BadInput
+
+            raise BadInput(f"{self.model_tag} classifies images: POST them to {CLASSIFY_IMAGE_ROUTE} as "
+                           '{"images": ["<base64 file>", ...]}')
+        return self._answer(await self._probabilities(texts), top_k)
+
+    @bentoml.api(route=CLASSIFY_IMAGE_ROUTE, input_spec=ClassifyImageRequest, output_spec=ClassifyResponse)
+    async def classify_image(self, images: list[str], top_k: int | None = None) -> ClassifyResponse:
+        """One prediction per image, in request order; batched with concurrent requests like texts.
+
+        Each image is a base64-encoded file, checked as training data is (readable, within image.* size, pixel and
+        channel limits); a bad one gets a 400 naming its position and problem.
+        """
+        from bentoml.exceptions import BadInput
+
+        if self.modality != "image":
+            raise BadInput(f"{self.model_tag} classifies texts: POST them to {CLASSIFY_ROUTE} as "
+                           '{"texts": ["...", ...]}')
+        decoded = []
+        for index, encoded in enumerate(images):
+            try:
+                decoded.append(_image_bytes(encoded))
+            except ValueError as exc:
+                raise BadInput(f"images[{index}] {exc}") from None
+        return self._answer(await self._probabilities(decoded), top_k)
+
+    def _answer(self, probabilities: np.ndarray, top_k: int | None) -> ClassifyResponse:
+        """The response: per row its most likely label and the top_k labels with their probabilities."""
         predictions = []
         for row in probabilities:
             ranked = [LabelProbability(label=label, probability=p)
@@ -332,5 +404,6 @@ def _model_tag() -> str:
     return str(TunelineService.inner.model.tag)
 
 
-TunelineService.add_asgi_middleware(RequestGuard, protected=(CLASSIFY_ROUTE, MODEL_ROUTE),
-                                    json_paths=(CLASSIFY_ROUTE,), max_body_bytes=_serve.max_body_bytes)
+TunelineService.add_asgi_middleware(RequestGuard, protected=(CLASSIFY_ROUTE, CLASSIFY_IMAGE_ROUTE, MODEL_ROUTE),
+                                    json_paths=(CLASSIFY_ROUTE, CLASSIFY_IMAGE_ROUTE),
+                                    max_body_bytes=_serve.max_body_bytes)
