@@ -367,6 +367,23 @@ def _trainer_class(head_learning_rate: float | None, thaw: ThawPlan | None) -> A
     return TunelineTrainer
 
 
+def training_data(augmented_dir: str | Path, prepared_dir: str | Path,
+                  train_params: TrainParams) -> tuple[list[str], dict[str, int], pd.DataFrame, pd.DataFrame, str]:
+    """The labels and their ids, the train split (thinned to train.max_train_samples) and the val split, and the
+    device to train on; shared by text and images."""
+    labels = read_labels(prepared_dir)
+    label_ids = {label: index for index, label in enumerate(labels)}
+    train = read_split(augmented_dir, "train")
+    val = read_split(prepared_dir, "val")
+    if train_params.max_train_samples and len(train) > train_params.max_train_samples:
+        train = train.sample(n=train_params.max_train_samples, random_state=train_params.seed)
+    try:
+        device = pick_device(train_params.device)
+    except RuntimeError as exc:  # train.device: cuda on a machine without one
+        raise StageError(str(exc)) from None
+    return labels, label_ids, train, val, device
+
+
 def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str | Path, prepared_dir: str | Path,
         out_dir: str | Path, metrics_path: str | Path, *, work_dir: str | Path | None = None,
         live_dir: str | Path | None = None, selection_path: str | Path | None = None,
@@ -405,16 +422,7 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
                             metrics_path, work_dir=work_dir, live_dir=live_dir)
     if not model_params.pretrained:
         raise StageError("model.pretrained: false (random weights) is for image backbones; set it to true for text")
-    labels = read_labels(prepared_dir)
-    label_ids = {label: index for index, label in enumerate(labels)}
-    train = read_split(augmented_dir, "train")
-    val = read_split(prepared_dir, "val")
-    if train_params.max_train_samples and len(train) > train_params.max_train_samples:
-        train = train.sample(n=train_params.max_train_samples, random_state=train_params.seed)
-    try:
-        device = pick_device(train_params.device)
-    except RuntimeError as exc:  # train.device: cuda on a machine without one
-        raise StageError(str(exc)) from None
+    labels, label_ids, train, val, device = training_data(augmented_dir, prepared_dir, train_params)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     main_process = int(os.environ.get("RANK", "0")) == 0
     cache_dir = Path(work_dir) / "features" if work_dir is not None else None

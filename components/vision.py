@@ -154,13 +154,14 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
     Returns:
         The TrainResult (train_tokens counts pixels fed, image.size squared per image).
     """
+    import os
     import shutil
     import tempfile
 
     from transformers import EarlyStoppingCallback, set_seed
 
-    from components.io import atomic_dir, read_labels, read_split, write_json
-    from components.predict import META_FILE, pick_device
+    from components.io import atomic_dir, write_json
+    from components.predict import META_FILE
     from components.train import (
         TrainResult,
         _callbacks,
@@ -171,24 +172,18 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
         macro_f1_metrics,
         parameter_counts,
         training_arguments,
+        training_data,
     )
 
     if not model_params.is_builtin:
         raise StageError("model.name_or_path for images is builtin (EfficientNet-Lite0) so far; local "
                          "AutoModelForImageClassification checkpoints are not supported yet")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise StageError("train.num_processes > 1 (DDP) is for text models so far; set it to 1 for images")
     if model_params.adapter != "none" or model_params.gradual_unfreeze or model_params.candidates:
         raise StageError("model.adapter, gradual_unfreeze and candidates are for text models; set them to none, 0 "
                          "and [] for images")
-    labels = read_labels(prepared_dir)
-    label_ids = {label: index for index, label in enumerate(labels)}
-    train = read_split(augmented_dir, "train")
-    val = read_split(prepared_dir, "val")
-    if train_params.max_train_samples and len(train) > train_params.max_train_samples:
-        train = train.sample(n=train_params.max_train_samples, random_state=train_params.seed)
-    try:
-        device = pick_device(train_params.device)
-    except RuntimeError as exc:
-        raise StageError(str(exc)) from None
+    labels, label_ids, train, val, device = training_data(augmented_dir, prepared_dir, train_params)
     set_seed(train_params.seed)
     model = image_classifier(len(labels), model_params)
     freeze_image_backbone(model, model_params)
