@@ -468,10 +468,9 @@ def run(params: AugmentParams, model_params: ModelParams, prepared_dir: str | Pa
     Raises:
         StageError: per_class names an unknown label, or the model's embeddings cannot be read.
     """
-    summary = Path(prepared_dir) / SUMMARY_FILE
-    if summary.is_file() and read_json(summary).get("format") == "images":
-        from components.images import augment_images
+    from components.images import augment_images, holds_images
 
+    if holds_images(prepared_dir):
         return augment_images(params, prepared_dir, out_dir)
     train = read_split(prepared_dir, "train")
     held_out = pd.concat([read_split(prepared_dir, "val")["text"], read_split(prepared_dir, "test")["text"]])

@@ -110,7 +110,9 @@ def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path,
     classifier = Classifier.load(model_dir)
     if classifier.labels != labels:
         raise StageError(f"the model's labels {classifier.labels} differ from the data's {labels}; rerun train")
-    images = "image" in test and "text" not in test
+    from components.images import holds_images
+
+    images = holds_images(prepared_dir)
     truth = test["label"].tolist()
     # texts, or for images their files (the predictions CSV and the report name each by its file)
     texts = [str(Path(prepared_dir) / image) for image in test["image"]] if images else test["text"].tolist()
@@ -182,7 +184,8 @@ def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path,
 
     interval = model_metrics["intervals"]["macro_f1"]
     print(f"test macro-F1: model {model_metrics['macro']['f1']:.4f} [{interval[0]:.4f}, {interval[1]:.4f}], "
-          f"{'thumbnail' if images else 'TF-IDF'} baseline {baseline_metrics['macro']['f1']:.4f} ({len(test)} test rows)")
+          f"{'thumbnail' if images else 'TF-IDF'} baseline {baseline_metrics['macro']['f1']:.4f} "
+          f"({len(test)} test rows)")
     for check in decision["checks"]:
         print(f"  [{'pass' if check['passed'] else 'FAIL'}] {check['message']}")
     print(f"decision: {decision['decision']}: {decision['reason']}")

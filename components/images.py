@@ -88,6 +88,17 @@ def inspect_image(data: bytes, max_pixels: int = 40_000_000) -> ImageInfo:
     return found
 
 
+def limit_problem(info: ImageInfo, limits: ImageParams) -> str | None:
+    """Why a decoded image breaks the image block's limits (sides, channels), or None; validate's GX suite checks
+    the same for training data (image_too_small, image_too_large, image_channels)."""
+    if min(info.width, info.height) < limits.min_side or max(info.width, info.height) > limits.max_side:
+        return (f"is {info.width}x{info.height} pixels; each side must be {limits.min_side} to {limits.max_side} "
+                "(image.min_side, image.max_side)")
+    if info.channels not in limits.channels:
+        return f"has {info.channels} channel(s); the model takes {list(limits.channels)} (image.channels)"
+    return None
+
+
 def _with(info: ImageInfo, problem: str) -> ImageInfo:
     return ImageInfo(info.sha256, info.size_bytes, info.format, info.width, info.height, info.mode, info.channels,
                      problem)
@@ -143,7 +154,16 @@ def image_suffix(path: str | Path) -> bool:
 # prepare, for data.modality: image
 
 IMAGES_DIR = "images"  # inside the prepared folder: each usable image once, named by its content hash
+IMAGE_FORMAT = "images"  # summary.json's format for image data, which tells every later stage what it holds
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif"}
+
+
+def holds_images(prepared_dir: str | Path) -> bool:
+    """Whether the prepared folder holds image data (prepare's summary.json says so), not text."""
+    from components.io import read_summary
+
+    summary = read_summary(prepared_dir)
+    return summary is not None and summary.get("format") == IMAGE_FORMAT
 
 
 def source_pairs(data: DataParams, work: Path) -> tuple[list[tuple[Path, str | None, int]], str, list[Any]]:
@@ -218,7 +238,7 @@ def prepare_images(data: DataParams, limits: ImageParams, out_dir: str | Path) -
         for name, part in splits.items():
             write_split(tmp, name, part)
         unusable = int(frame["problem"].notna().sum())
-        summary = {"source": source, "format": "images", "rows_read": len(rows), "rows_kept": len(frame),
+        summary = {"source": source, "format": IMAGE_FORMAT, "rows_read": len(rows), "rows_kept": len(frame),
                    "malformed_count": len(malformed),
                    "malformed_lines": [{"line": m.line, "problem": m.problem} for m in malformed[:100]],
                    "noise": {"rows_changed": 0, "characters_replaced": 0}, "unusable_images": unusable}
@@ -332,7 +352,7 @@ def augment_images(params: AugmentParams, prepared_dir: str | Path, out_dir: str
         write_json(tmp / SUMMARY_FILE, {"original_rows": result.original_rows, "added_rows": result.added_rows,
                                         "added_per_class": result.added_per_class,
                                         "rows_per_class": augmented["label"].value_counts().sort_index().to_dict(),
-                                        "rejected": result.rejected, "synonym_words": 0, "format": "images"})
+                                        "rejected": result.rejected, "synonym_words": 0, "format": IMAGE_FORMAT})
     log.info("augmented train images: %d + %d perturbed copies %s; %d dropped (equal to a val/test image)",
              result.original_rows, result.added_rows, result.added_per_class, result.rejected)
     return result

@@ -412,7 +412,9 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
 
     from transformers import AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
-    if (Path(prepared_dir) / "images").is_dir():
+    from components.images import holds_images
+
+    if holds_images(prepared_dir):
         from components.selection import write_ranking
         from components.vision import train_images
 

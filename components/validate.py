@@ -941,7 +941,9 @@ def run(params: ValidateParams, prepared_dir: str | Path, report_path: str | Pat
     report_path = Path(report_path)
     html_path = Path(html_path) if html_path is not None else report_path.with_suffix(".html")
     frames, labels, summary = _read(Path(prepared_dir))
-    images = summary is not None and summary.get("format") == "images"
+    from components.images import holds_images
+
+    images = holds_images(prepared_dir)
     result = validate(frames, labels, params, summary, (limits or ImageParams()) if images else None)
     write_json(report_path, result.report)
     _write_text(html_path, render_html(result.report))

@@ -16,7 +16,11 @@ from components.package import refusal
 
 
 class StageFailed(Exception):
-    """A DVC stage exited non-zero; its own message was printed above this one."""
+    """A DVC stage exited non-zero (`stage` names it); its own message was printed above this one."""
+
+    def __init__(self, message: str, stage: str | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 def stage_order(root: str | Path) -> list[str]:
@@ -37,7 +41,8 @@ def reproduce_stage(root: str, stage: str) -> bool:
         with contextlib.chdir(root), Repo(".") as repo:
             ran = repo.reproduce(stage, single_item=True)
     except ReproductionError as exc:
-        raise StageFailed(f"stage {stage!r} failed ({exc.__cause__ or exc}); its message is printed above") from None
+        raise StageFailed(f"stage {stage!r} failed ({exc.__cause__ or exc}); its message is printed above",
+                          stage) from None
     logger.info("stage %s: %s", stage, "ran" if ran else "up to date, skipped")
     return bool(ran)
 

@@ -212,13 +212,13 @@ def _read(path: str) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else None
 
 
-def failure_message(params: Params, stage_failure: str) -> str:
+def failure_message(params: Params, failure: StageFailed) -> str:
     """What a failed pipeline run tells the notification channels: the gate's reason when it refused the candidate."""
     verdict = _read(params.paths.verdict)
-    if "'package'" in stage_failure and verdict and verdict.get("decision") == "refuse":
+    if failure.stage == "package" and verdict and verdict.get("decision") == "refuse":
         return (f"the gate refused the candidate ({verdict.get('reason', '')}); nothing was packaged and the "
                 f"champion stays; the checks are in {params.paths.verdict}")
-    return stage_failure
+    return str(failure)
 
 
 def build_record(params: Params, run: dict[str, Any], intake: dict[str, Any], result: dict[str, Any] | None,
@@ -316,7 +316,7 @@ def scheduled_run(root: str = ".") -> dict[str, Any]:
             try:
                 result = pipeline(root=str(root_path))
             except StageFailed as exc:
-                failure = failure_message(params, str(exc))
+                failure = failure_message(params, exc)
         else:
             logger.info("nothing changed (no new rows, same params and code): no stage runs")
 

@@ -79,7 +79,7 @@ def _image_bytes(encoded: str) -> bytes:
     import base64
     import binascii
 
-    from components.images import inspect_image
+    from components.images import inspect_image, limit_problem
 
     try:
         data = base64.b64decode(encoded, validate=True)
@@ -89,13 +89,9 @@ def _image_bytes(encoded: str) -> bytes:
     if len(data) > limits.max_file_bytes:
         raise ValueError(f"is {len(data):,} bytes, over image.max_file_bytes ({limits.max_file_bytes:,})")
     info = inspect_image(data, max_pixels=limits.max_pixels)
-    if info.problem is not None:
-        raise ValueError(info.problem)
-    if min(info.width, info.height) < limits.min_side or max(info.width, info.height) > limits.max_side:
-        raise ValueError(f"is {info.width}x{info.height} pixels; each side must be {limits.min_side} to "
-                         f"{limits.max_side} (image.min_side, image.max_side)")
-    if info.channels not in limits.channels:
-        raise ValueError(f"has {info.channels} channel(s); the model takes {list(limits.channels)} (image.channels)")
+    problem = info.problem or limit_problem(info, limits)
+    if problem is not None:
+        raise ValueError(problem)
     return data
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from components.config import parse_params
 from components.io import write_json
+from flows.pipeline import StageFailed
 from flows.scheduled import failure_message, notify, record_paths
 
 
@@ -31,12 +32,13 @@ def test_notify_appends_a_json_line_and_survives_a_dead_webhook(project: Path, f
 
 def test_a_refusal_is_reported_with_the_gates_reason(project: Path) -> None:
     params = parse_params({})
-    stage = "stage 'package' failed (failed to run: python -m components.package, exited with 1)"
-    assert failure_message(params, stage) == stage  # no verdict yet: the stage's own words
+    words = "stage 'package' failed (failed to run: python -m components.package, exited with 1)"
+    package = StageFailed(words, "package")
+    assert failure_message(params, package) == words  # no verdict yet: the stage's own words
     write_json(params.paths.verdict, {"decision": "refuse", "passed": False, "reason": "macro f1 below 0.5"})
-    message = failure_message(params, stage)
+    message = failure_message(params, package)
     assert "refused" in message and "macro f1 below 0.5" in message and "champion stays" in message
-    assert failure_message(params, "stage 'train' failed") == "stage 'train' failed"
+    assert failure_message(params, StageFailed("stage 'train' failed", "train")) == "stage 'train' failed"
 
 
 def test_a_run_commits_only_what_exists_of_its_records(project: Path) -> None:
