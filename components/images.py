@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 # Formats Pillow decodes that a training set may hold; anything else (PDF, SVG, PSD, ...) is refused by name.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
-SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Pillow's modes and their channel counts; a mode not listed (CMYK, I;16, ...) is converted before use or refused.
 CHANNELS = {"1": 1, "L": 1, "P": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 
@@ -143,11 +142,6 @@ def write_digits(out_dir: str | Path) -> list[tuple[Path, str]]:
         Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8)).save(path, format="PNG")
         pairs.append((path, label))
     return pairs
-
-
-def image_suffix(path: str | Path) -> bool:
-    """Whether the file's name ends like an image (a hint for messages; inspect_image decides)."""
-    return Path(path).suffix.lower() in SUFFIXES
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -384,6 +385,100 @@ def training_data(augmented_dir: str | Path, prepared_dir: str | Path,
     return labels, label_ids, train, val, device
 
 
+def fit(trained: Any, train_data: Any, val_data: Any | None, *, train_params: TrainParams, device: str,
+        labels: list[str], train_labels: list[str], checkpoint_id: str, save: Callable[[Any, Path], None],
+        out_dir: str | Path, metrics_path: str | Path, work_dir: str | Path | None, live_dir: str | Path | None,
+        counts: tuple[int, int], train_tokens: int, feature_seconds: float = 0.0, collator: Any = None,
+        length_grouping: bool = False, trainer_class: Any = None, thaw: ThawPlan | None = None, world_size: int = 1,
+        custom_loss: bool = False) -> TrainResult:
+    """The Trainer part of a training run, one for text and images: early stopping on val macro-F1, the loss
+    (class weights, label smoothing), checkpoints resumed after a kill, dvclive curves, the model written atomically
+    and the training summary.
+
+    Args:
+        trained: the module Trainer trains (a head alone on cached features, or the whole classifier).
+        checkpoint_id: the run's fingerprint; checkpoints live in work_dir/checkpoints/<id>, so a killed run is
+            resumed only by the same run. work_dir None = a temp folder: nothing is resumed.
+        save: writes the finished model into a folder (called once, in the main process, with the trainer); the
+            folder replaces out_dir atomically.
+        counts: trainable and total parameters; train_tokens: real tokens (or pixels) in one epoch.
+        custom_loss: use cross_entropy_loss even without class weights or smoothing (DDP needs it).
+
+    Returns:
+        The TrainResult, also written to metrics_path.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from transformers import EarlyStoppingCallback, Trainer
+
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    epoch_seconds: list[float] = []
+    callbacks = _callbacks(epoch_seconds, thaw)
+    if val_data is not None and train_params.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience))
+    weights = class_weight_vector(train_labels, labels, train_params.class_weights)
+    loss_func = (cross_entropy_loss(weights, train_params.label_smoothing)
+                 if weights is not None or train_params.label_smoothing or custom_loss else None)
+
+    temporary = tempfile.TemporaryDirectory(prefix="tuneline-checkpoints-") if work_dir is None else None
+    checkpoints = Path(temporary.name) if temporary is not None else Path(work_dir) / "checkpoints" / checkpoint_id
+    resume_from = last_checkpoint(checkpoints) if train_params.resume and checkpoints.is_dir() else None
+    if resume_from is not None:
+        log.info("resuming from %s (left by a run that did not finish)", resume_from)
+    if live_dir is not None and main_process:
+        resume_step = int(resume_from.name.split("-")[-1]) if resume_from else None
+        callbacks.append(_dvclive_callback(live_dir, resume_step))
+    try:
+        trainer = (trainer_class or Trainer)(
+            model=trained,
+            args=training_arguments(train_params, str(checkpoints), device, has_val=val_data is not None,
+                                    length_grouping=length_grouping, world_size=world_size),
+            train_dataset=train_data,
+            eval_dataset=val_data,
+            data_collator=collator,
+            compute_metrics=macro_f1_metrics,
+            callbacks=callbacks,
+            compute_loss_func=loss_func,
+        )
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        best = trainer.evaluate() if val_data is not None else {}
+        if main_process:
+            with atomic_dir(out_dir) as tmp:
+                save(trainer, tmp)
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+
+    trainable, total = counts
+    result = TrainResult(
+        train_rows=len(train_data),
+        steps=int(output.global_step),
+        best_val_macro_f1=round(float(best.get("eval_macro_f1", float("nan"))), 6),
+        trainable_params=trainable,
+        total_params=total,
+        train_tokens=train_tokens,
+        epoch_seconds=tuple(round(s, 3) for s in epoch_seconds),
+        feature_seconds=round(feature_seconds, 3),
+    )
+    if main_process:
+        write_json(metrics_path, {
+            "train_rows": result.train_rows,
+            "steps": result.steps,
+            # Not Trainer's training_loss: after a resume that averages only the steps since the checkpoint. The
+            # per-step training loss is in dvclive's plots.
+            "val_loss": round(float(best.get("eval_loss", float("nan"))), 6),
+            "val_macro_f1": result.best_val_macro_f1,
+            "val_accuracy": round(float(best.get("eval_accuracy", float("nan"))), 6),
+            "trainable_params": trainable,
+            "total_params": total,
+        })
+        if temporary is None:
+            shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing to resume
+    return result
+
+
 def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str | Path, prepared_dir: str | Path,
         out_dir: str | Path, metrics_path: str | Path, *, work_dir: str | Path | None = None,
         live_dir: str | Path | None = None, selection_path: str | Path | None = None,
@@ -407,10 +502,8 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
         Training summary: rows, steps, best validation macro-F1, parameter counts, epoch wall times.
     """
     import os
-    import shutil
-    import tempfile
 
-    from transformers import AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback, set_seed
+    from transformers import AutoTokenizer, DataCollatorWithPadding, set_seed
 
     from components.images import holds_images
 
@@ -491,81 +584,30 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
         except NotCacheable as exc:
             log.info("feature cache off: %s", exc)
 
-    callbacks: list[Any] = []
-    epoch_seconds: list[float] = []
-    callbacks += _callbacks(epoch_seconds, thaw)
-    if val_data is not None and train_params.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience))
-    weights = class_weight_vector(train["label"].tolist(), labels, train_params.class_weights)
+    checkpoint_id = run_fingerprint(model_params, train_params, source, train, val)
+
+    def save(trainer: Any, folder: Path) -> None:
+        final = trainer.model.merge_and_unload() if model_params.adapter == "lora" else full_model
+        final.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
+        write_json(folder / META_FILE, {
+            "labels": labels,
+            "max_length": model_params.max_length,
+            "base_model": base_name,
+            "model": model_params.model_dump(mode="json"),
+            "train": train_params.model_dump(mode="json"),
+        })
+
     # The model's own loss is plain cross-entropy. A custom one when weights or smoothing ask for it, and under DDP:
     # there Trainer multiplies the loss by the process count, assuming it was divided by the items in the whole
     # (all-process) batch, which ours is and BERT's own mean is not (its gradients came out doubled with 2 processes).
-    loss_func = (cross_entropy_loss(weights, train_params.label_smoothing)
-                 if weights is not None or train_params.label_smoothing or world_size > 1 else None)
-
-    temporary = tempfile.TemporaryDirectory(prefix="tuneline-checkpoints-") if work_dir is None else None
-    checkpoints = Path(temporary.name) if temporary is not None else \
-        Path(work_dir) / "checkpoints" / run_fingerprint(model_params, train_params, source, train, val)
-    resume_from = last_checkpoint(checkpoints) if train_params.resume and checkpoints.is_dir() else None
-    if resume_from is not None:
-        log.info("resuming from %s (left by a run that did not finish)", resume_from)
-    if live_dir is not None and main_process:
-        resume_step = int(resume_from.name.split("-")[-1]) if resume_from else None
-        callbacks.append(_dvclive_callback(live_dir, resume_step))
-    try:
-        trainer = _trainer_class(train_params.head_learning_rate, thaw)(
-            model=trained,
-            args=training_arguments(train_params, str(checkpoints), device, has_val=val_data is not None,
-                                    length_grouping=length_grouping, world_size=world_size),
-            train_dataset=train_data,
-            eval_dataset=val_data,
-            data_collator=collator,
-            compute_metrics=macro_f1_metrics,
-            callbacks=callbacks,
-            compute_loss_func=loss_func,
-        )
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        best = trainer.evaluate() if val_data is not None else {}
-        if main_process:
-            final = trainer.model.merge_and_unload() if model_params.adapter == "lora" else full_model
-            with atomic_dir(out_dir) as tmp:
-                final.save_pretrained(str(tmp))
-                tokenizer.save_pretrained(str(tmp))
-                write_json(tmp / META_FILE, {
-                    "labels": labels,
-                    "max_length": model_params.max_length,
-                    "base_model": base_name,
-                    "model": model_params.model_dump(mode="json"),
-                    "train": train_params.model_dump(mode="json"),
-                })
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
-
-    result = TrainResult(
-        train_rows=len(train_set),
-        steps=int(output.global_step),
-        best_val_macro_f1=round(float(best.get("eval_macro_f1", float("nan"))), 6),
-        trainable_params=trainable,
-        total_params=total,
-        train_tokens=train_set.tokens(),
-        epoch_seconds=tuple(round(s, 3) for s in epoch_seconds),
-        feature_seconds=round(feature_seconds, 3),
-    )
-    if main_process:
-        write_json(metrics_path, {
-            "train_rows": result.train_rows,
-            "steps": result.steps,
-            # Not Trainer's training_loss: after a resume that averages only the steps since the checkpoint. The
-            # per-step training loss is in dvclive's plots.
-            "val_loss": round(float(best.get("eval_loss", float("nan"))), 6),
-            "val_macro_f1": result.best_val_macro_f1,
-            "val_accuracy": round(float(best.get("eval_accuracy", float("nan"))), 6),
-            "trainable_params": trainable,
-            "total_params": total,
-        })
-        if temporary is None:
-            shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing to resume
+    result = fit(trained, train_data, val_data, train_params=train_params, device=device, labels=labels,
+                 train_labels=train["label"].astype(str).tolist(), checkpoint_id=checkpoint_id, save=save,
+                 out_dir=out_dir, metrics_path=metrics_path, work_dir=work_dir, live_dir=live_dir,
+                 counts=(trainable, total), train_tokens=train_set.tokens(), feature_seconds=feature_seconds,
+                 collator=collator, length_grouping=length_grouping, trainer_class=_trainer_class(
+                     train_params.head_learning_rate, thaw), thaw=thaw, world_size=world_size,
+                 custom_loss=world_size > 1)
     log.info("trained %d steps on %d rows; best validation macro-F1 %.4f", result.steps, result.train_rows,
              result.best_val_macro_f1)
     return result

@@ -155,25 +155,12 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
         The TrainResult (train_tokens counts pixels fed, image.size squared per image).
     """
     import os
-    import shutil
-    import tempfile
 
-    from transformers import EarlyStoppingCallback, set_seed
+    from transformers import set_seed
 
-    from components.io import atomic_dir, write_json
+    from components.io import write_json
     from components.predict import META_FILE
-    from components.train import (
-        TrainResult,
-        _callbacks,
-        _dvclive_callback,
-        class_weight_vector,
-        cross_entropy_loss,
-        last_checkpoint,
-        macro_f1_metrics,
-        parameter_counts,
-        training_arguments,
-        training_data,
-    )
+    from components.train import fit, parameter_counts, training_data
 
     if not model_params.is_builtin:
         raise StageError("model.name_or_path for images is builtin (EfficientNet-Lite0) so far; local "
@@ -194,58 +181,29 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
     train_set = ImageRows(train, augmented_dir, label_ids, image.size)
     val_set = ImageRows(val, prepared_dir, label_ids, image.size) if len(val) else None
 
-    callbacks: list[Any] = []
-    epoch_seconds: list[float] = []
-    callbacks += _callbacks(epoch_seconds, None)
-    if val_set is not None and train_params.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience))
-    weights = class_weight_vector(train["label"].astype(str).tolist(), labels, train_params.class_weights)
-    loss_func = cross_entropy_loss(weights, train_params.label_smoothing) \
-        if weights is not None or train_params.label_smoothing else None
-    temporary = tempfile.TemporaryDirectory(prefix="tuneline-checkpoints-") if work_dir is None else None
-    fingerprint = _fingerprint(model_params, train_params, image, train, val)
-    checkpoints = Path(temporary.name) if temporary is not None else Path(work_dir) / "checkpoints" / fingerprint
-    resume_from = last_checkpoint(checkpoints) if train_params.resume and checkpoints.is_dir() else None
-    if live_dir is not None:
-        callbacks.append(_dvclive_callback(live_dir, int(resume_from.name.split("-")[-1]) if resume_from else None))
-    try:
-        from transformers import Trainer, default_data_collator
-
-        trainer = Trainer(model=model, args=training_arguments(train_params, str(checkpoints), device,
-                                                               has_val=val_set is not None, length_grouping=False),
-                          train_dataset=train_set, eval_dataset=val_set, data_collator=default_data_collator,
-                          compute_metrics=macro_f1_metrics, callbacks=callbacks, compute_loss_func=loss_func)
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        best = trainer.evaluate() if val_set is not None else {}
+    def save(trainer: Any, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        with atomic_dir(out_dir) as tmp:
-            state = {key: value.detach().cpu().contiguous() for key, value in trainer.model.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_FILE))
-            write_json(tmp / META_FILE, {
-                "modality": "image",
-                "labels": labels,
-                "architecture": ARCHITECTURE,
-                "image_size": image.size,
-                "base_model": BUILTIN_IMAGE_MODEL if model_params.pretrained else f"{ARCHITECTURE}, random weights",
-                "model": model_params.model_dump(mode="json"),
-                "train": train_params.model_dump(mode="json"),
-            })
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
-    result = TrainResult(train_rows=len(train_set), steps=int(output.global_step),
-                         best_val_macro_f1=round(float(best.get("eval_macro_f1", float("nan"))), 6),
-                         trainable_params=trainable, total_params=total,
-                         train_tokens=len(train_set) * image.size * image.size,
-                         epoch_seconds=tuple(round(s, 3) for s in epoch_seconds), feature_seconds=0.0)
-    write_json(metrics_path, {"train_rows": result.train_rows, "steps": result.steps,
-                              "val_loss": round(float(best.get("eval_loss", float("nan"))), 6),
-                              "val_macro_f1": result.best_val_macro_f1,
-                              "val_accuracy": round(float(best.get("eval_accuracy", float("nan"))), 6),
-                              "trainable_params": trainable, "total_params": total})
-    if temporary is None:
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        state = {key: value.detach().cpu().contiguous() for key, value in trainer.model.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE))
+        write_json(folder / META_FILE, {
+            "modality": "image",
+            "labels": labels,
+            "architecture": ARCHITECTURE,
+            "image_size": image.size,
+            "base_model": BUILTIN_IMAGE_MODEL if model_params.pretrained else f"{ARCHITECTURE}, random weights",
+            "model": model_params.model_dump(mode="json"),
+            "train": train_params.model_dump(mode="json"),
+        })
+
+    from transformers import default_data_collator
+
+    result = fit(model, train_set, val_set, train_params=train_params, device=device, labels=labels,
+                 train_labels=train["label"].astype(str).tolist(),
+                 checkpoint_id=_fingerprint(model_params, train_params, image, train, val), save=save,
+                 out_dir=out_dir, metrics_path=metrics_path, work_dir=work_dir, live_dir=live_dir,
+                 counts=(trainable, total), train_tokens=len(train_set) * image.size * image.size,
+                 collator=default_data_collator)
     log.info("trained %d steps on %d images; best validation macro-F1 %.4f", result.steps, result.train_rows,
              result.best_val_macro_f1)
     return result

@@ -33,6 +33,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
 from components.config import Params, load_params
+from components.io import read_json
 from flows.pipeline import StageFailed, pipeline
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,8 @@ def data_version(params: Params) -> dict[str, str]:
 
 
 def _read(path: str) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else None
+    """A stage's JSON output, or None when the stage has not written it (it failed or never ran)."""
+    return read_json(path) if Path(path).is_file() else None
 
 
 def failure_message(params: Params, failure: StageFailed) -> str:
