@@ -1,5 +1,5 @@
-"""Experiments with the tools users already have: `dvc exp run -S` in the workspace, a queued 2 x 2 grid over the
-learning rate and layer freezing run by `dvc queue start`, compared with `dvc exp show`; every experiment's model
+"""Experiments with the tools users already have: `dvc exp run -S` in the workspace, a queued grid (two learning
+rates, with layer freezing set for both: the suite's time allows two runs) run by `dvc queue start`, compared with `dvc exp show`; every experiment's model
 is stored in the project's BentoML store and none of them changes the served champion. A project of its own, with
 a BentoML store of its own; no mocks: real DVC (its queue worker included), transformers and BentoML."""
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 MODEL = "tuneline-text"
 # A few steps on short texts and the smallest bootstrap the gate allows: each experiment takes seconds to train.
 QUICK = {"model": {"max_length": 32}, "train": {"max_steps": 8}, "evaluate": {"bootstrap_resamples": 100}}
-GRID = {(1.0e-4, 0), (1.0e-4, 4), (3.0e-4, 0), (3.0e-4, 4)}  # (train.learning_rate, model.freeze_layers)
+GRID = {(1.0e-4, 4), (3.0e-4, 4)}  # (train.learning_rate, model.freeze_layers)
 QUEUE_TIMEOUT_S = 900
 
 
@@ -33,7 +33,7 @@ QUEUE_TIMEOUT_S = 900
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("experiments-bentoml-home")
     yield path
-    shutil.rmtree(path, ignore_errors=True)  # six stored models of ~90 MB
+    shutil.rmtree(path, ignore_errors=True)  # four stored models of ~90 MB
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def shown(project: Path, env: dict[str, str]) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def experiments(tmp_path_factory: pytest.TempPathFactory, project_root: Path, env: dict[str, str],
                 home: Path) -> Iterator[dict]:
-    """One `dvc repro` (the champion), then one workspace experiment and a queued grid of four."""
+    """One `dvc repro` (the champion), then one workspace experiment and a queued grid of two."""
     project = make_project(tmp_path_factory.mktemp("experiments-project"), project_root)
     set_params(project, QUICK)
     baseline = dvc(project, "repro", env=env)
@@ -108,7 +108,7 @@ def experiments(tmp_path_factory: pytest.TempPathFactory, project_root: Path, en
     workspace = dvc(project, "exp", "run", "-S", "train.learning_rate=2e-4", env=env)
     packaged = json.loads((project / "models/packaged.json").read_text())
     queued = dvc(project, "exp", "run", "--queue", "-S", "train.learning_rate=1e-4,3e-4",
-                 "-S", "model.freeze_layers=0,4", env=env)
+                 "-S", "model.freeze_layers=4", env=env)
     assert queued.returncode == 0, queued.stdout + queued.stderr
     try:
         started = dvc(project, "queue", "start", "-j", "1", env=env)
@@ -134,9 +134,9 @@ def test_dvc_exp_run_with_set_param_in_the_workspace(experiments: dict) -> None:
     assert name in experiments["packaged"]["not_promoted"]
 
 
-def test_queued_grid_over_learning_rate_and_freezing(experiments: dict, home: Path) -> None:
+def test_queued_grid_over_learning_rate_with_freezing(experiments: dict, home: Path) -> None:
     queued = re.findall(r"Queued experiment '(\S+)'", experiments["queued"].stdout)
-    assert len(queued) == 4, experiments["queued"].stdout
+    assert len(queued) == 2, experiments["queued"].stdout
     failed = [name for name in queued if not re.search(rf"{name}\s+.*Success\s*$", experiments["status"], re.MULTILINE)]
     logs = {name: dvc(experiments["project"], "queue", "logs", name).stdout[-3000:] for name in failed}
     assert not failed, f"{experiments['status']}\n{logs}"
@@ -148,9 +148,12 @@ def test_queued_grid_over_learning_rate_and_freezing(experiments: dict, home: Pa
         assert row["executor"]["state"] == "success"
         assert 0.0 <= row["metrics"]["model"]["macro"]["f1"] <= 1.0
         assert row["metrics"]["test_rows"] > 0
-    # Freezing four of MiniLM's six layers trains fewer weights: the setting reached the training, not just the table.
-    trainable = {row["params"]["model"]["freeze_layers"]: row["training"]["trainable_params"] for row in rows.values()}
-    assert trainable[4] < trainable[0]
+    # Freezing four of MiniLM's six layers trains fewer weights than the workspace experiment (nothing frozen): the
+    # setting reached the training, not just the table.
+    workspace = re.search(r"Ran experiment\(s\): (\S+)", experiments["workspace"].stdout).group(1)
+    unfrozen = experiments["shown"][workspace]
+    assert unfrozen["params"]["model"]["freeze_layers"] == 0
+    assert all(row["training"]["trainable_params"] < unfrozen["training"]["trainable_params"] for row in rows.values())
     # The queued runs had the test's BENTOML_HOME: each stored its model there, labelled with its name.
     assert set(queued) <= set(stored_experiments(home).values())
 
@@ -161,4 +164,4 @@ def test_experiments_leave_the_champion_in_place(experiments: dict, home: Path) 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("BENTOML_HOME", str(home))
         assert [event["tag"] for event in registry.history(MODEL)] == [experiments["champion"]]
-    assert len(stored_experiments(home)) == 5  # the workspace experiment and the grid: stored, ready to promote
+    assert len(stored_experiments(home)) == 3  # the workspace experiment and the grid: stored, ready to promote
