@@ -113,7 +113,11 @@ def stored_models(model_name: str) -> list[StoredModel]:
 
     current = champion(model_name)
     models = []
-    for model in bentoml.models.list(model_name):
+    try:
+        stored = bentoml.models.list(model_name)
+    except bentoml.exceptions.NotFound:  # BentoML's answer when the store holds no model of that name
+        return []
+    for model in stored:
         metadata = model.info.metadata
         macro = metadata.get("test_macro") or {}
         models.append(StoredModel(
