@@ -158,13 +158,17 @@ class RequestGuard:
     The key (when TUNELINE_API_KEY is set) is required on `protected` routes, as `Authorization: Bearer KEY` or
     `X-API-Key: KEY`. A POST body on `json_paths` is read here up to `max_body_bytes` (413 beyond, before anything
     parses it) and must be declared as JSON (415 otherwise: BentoML would hand form and multipart bodies to its form
-    parser, which fails with a 500 on garbage).
+    parser, which fails with a 500 on garbage). On `multipart_paths` a multipart/form-data body of image files is
+    taken too: it is read here, within the same limit, and handed on as the JSON request with the files in base64,
+    so both forms meet the same checks.
     """
 
-    def __init__(self, app: Any, protected: tuple[str, ...], json_paths: tuple[str, ...], max_body_bytes: int) -> None:
+    def __init__(self, app: Any, protected: tuple[str, ...], json_paths: tuple[str, ...], max_body_bytes: int,
+                 multipart_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.protected = protected
         self.json_paths = json_paths
+        self.multipart_paths = multipart_paths
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -174,9 +178,15 @@ class RequestGuard:
         headers = dict(scope["headers"])
         refusal = self._unauthorised(headers)
         if refusal is None and scope["method"] == "POST" and scope["path"] in self.json_paths:
-            refusal = self._not_json(headers) or self._declared_too_large(headers)
+            multipart = scope["path"] in self.multipart_paths and _media_type(headers) == "multipart/form-data"
+            refusal = (None if multipart else self._not_json(headers)) or self._declared_too_large(headers)
             if refusal is None:
                 body, refusal = await self._read_body(receive)
+                if refusal is None and multipart:
+                    body, refusal = await _multipart_as_json(scope, body)
+                    scope = {**scope, "headers": [(name, value) for name, value in scope["headers"]
+                                                  if name not in (b"content-type", b"content-length")]
+                             + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
                 if refusal is None:
                     receive = _replay(body)
         if refusal is not None:
@@ -199,10 +209,8 @@ class RequestGuard:
                            "send it as the header 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                       {"WWW-Authenticate": "Bearer"})
 
-    @staticmethod
-    def _not_json(headers: dict[bytes, bytes]) -> JSONResponse | None:
-        declared = headers.get(b"content-type", b"application/json")
-        media_type = declared.split(b";")[0].strip().decode("latin-1").lower()
+    def _not_json(self, headers: dict[bytes, bytes]) -> JSONResponse | None:
+        media_type = _media_type(headers)
         if media_type == "application/json":
             return None
         return _error(415, f"the body must be JSON sent as Content-Type: application/json, got {media_type!r}")
@@ -228,6 +236,54 @@ class RequestGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks), None
+
+
+def _media_type(headers: dict[bytes, bytes]) -> str:
+    declared = headers.get(b"content-type", b"application/json")
+    return declared.split(b";")[0].strip().decode("latin-1").lower()
+
+
+MULTIPART_FIELDS = ("images", "top_k")
+
+
+async def _multipart_as_json(scope: dict[str, Any], body: bytes) -> tuple[bytes, JSONResponse | None]:
+    """A multipart/form-data request of image files (fields `images`, repeated, and optionally `top_k`) as the
+    JSON body /classify_image takes, each file's bytes in base64; or a 400 that says what was wrong with it."""
+    import base64
+    import json
+
+    from starlette.exceptions import HTTPException
+    from starlette.formparsers import MultiPartException
+    from starlette.requests import Request
+
+    how = "send each image as a file field named 'images' (curl -F images=@digit.png), and top_k as a field"
+    try:
+        form = await Request(scope, _replay(body)).form(max_files=_serve.max_texts_per_request,
+                                                        max_fields=len(MULTIPART_FIELDS))
+    except (MultiPartException, HTTPException, ValueError) as exc:  # HTTPException: starlette's wrapping of the first
+        detail = getattr(exc, "message", None) or getattr(exc, "detail", None) or str(exc)
+        return b"", _error(400, f"the multipart body could not be read ({detail}); {how}")
+    try:
+        unknown = sorted(set(form.keys()) - set(MULTIPART_FIELDS))
+        if unknown:
+            return b"", _error(400, f"unknown form field(s) {unknown}; {how}")
+        files = form.getlist("images")
+        if not files:
+            return b"", _error(400, f"no 'images' file in the form; {how}")
+        images = []
+        for index, item in enumerate(files):
+            if isinstance(item, str):
+                return b"", _error(400, f"images[{index}] is a text field, not a file; {how}")
+            images.append(base64.b64encode(await item.read()).decode("ascii"))
+        payload: dict[str, Any] = {"images": images}
+        top_k = form.get("top_k")
+        if top_k is not None:
+            if not isinstance(top_k, str) or not top_k.strip().isdigit():
+                return b"", _error(400, f"top_k must be a whole number, got {top_k!r}")
+            payload["top_k"] = int(top_k)
+        return json.dumps(payload).encode(), None
+    finally:
+        await form.close()
 
 
 def _replay(body: bytes) -> Any:
@@ -402,4 +458,4 @@ def _model_tag() -> str:
 
 TunelineService.add_asgi_middleware(RequestGuard, protected=(CLASSIFY_ROUTE, CLASSIFY_IMAGE_ROUTE, MODEL_ROUTE),
                                     json_paths=(CLASSIFY_ROUTE, CLASSIFY_IMAGE_ROUTE),
-                                    max_body_bytes=_serve.max_body_bytes)
+                                    multipart_paths=(CLASSIFY_IMAGE_ROUTE,), max_body_bytes=_serve.max_body_bytes)
