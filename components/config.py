@@ -75,9 +75,9 @@ class DataParams(_Block):
 
     @model_validator(mode="after")
     def _fractions_leave_room_to_train(self) -> DataParams:
-        if self.val_fraction + self.test_fraction >= 0.9:
+        if self.val_fraction + self.test_fraction >= 0.95:
             raise ValueError(
-                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} leaves under 10% "
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} leaves under 5% "
                 "to train on; lower data.val_fraction or data.test_fraction"
             )
         return self
@@ -433,6 +433,7 @@ class PathsParams(_Block):
     train_live: str = "metrics/train"  # dvclive: loss, learning rate and validation metrics per step
     model_selection: str = "metrics/model_selection.json"
     work_dir: str = ".tuneline"  # checkpoints of unfinished runs and the frozen-feature cache (not versioned)
+    scratch: str = "metrics/scratch.json"  # images: `tuneline scratch`, the model against the same network untrained
 
 
 class Params(_Block):

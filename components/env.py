@@ -22,14 +22,22 @@ def configure_environment(root: str | Path = ".") -> None:
 
     Values the caller exported win, so a user can point BENTOML_HOME or PREFECT_HOME elsewhere on purpose. Under
     `dvc exp run` the stages run in a temporary copy of the project (queued experiments); DVC_ROOT names the real
-    one, whose model store the experiment must compare with and store into.
+    one, whose model store the experiment must compare with and store into. A pipeline in a sub-folder (images/)
+    shares the project's store and Prefect home.
     """
-    root = Path(os.environ.get("DVC_ROOT") or root).resolve()
+    root = project_root(os.environ.get("DVC_ROOT") or root)
     for key, value in OFFLINE.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("BENTOML_HOME", str(root / ".bentoml"))
     use_this_interpreter()
+
+
+def project_root(folder: str | Path) -> Path:
+    """The project holding `folder`: the outermost folder upwards with a .dvc/ in it (images/ is a DVC project of
+    its own inside the project), or `folder` itself."""
+    folder = Path(folder).resolve()
+    return next((p for p in reversed((folder, *folder.parents)) if (p / ".dvc").is_dir()), folder)
 
 
 def use_this_interpreter() -> None:

@@ -44,6 +44,11 @@ def baseline_predictions(train: pd.DataFrame, test: pd.DataFrame, seed: int = 0)
     return [str(label) for label in pipeline.predict(test["text"])]
 
 
+def baseline_name(images: bool) -> str:
+    """What the simple baseline is, as reports and the command line name it."""
+    return "thumbnail logistic regression" if images else "TF-IDF baseline"
+
+
 def chance_loss(train_labels: list[str], val_labels: list[str], labels: list[str]) -> float:
     """Cross-entropy on val of a constant predictor that always answers the train class frequencies (add-one
     smoothed): the loss a model that learned nothing reaches."""
@@ -162,7 +167,8 @@ def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path,
     checks = check_gates(model_metrics, baseline_metrics, params, training)
     decision = verdict(checks, champion_decision(comparison["difference"] if comparison else None, params),
                        comparison)
-    results = {"model": model_metrics, "baseline": baseline_metrics, "champion": comparison, "test_rows": len(test)}
+    results = {"model": model_metrics, "baseline": baseline_metrics, "champion": comparison, "test_rows": len(test),
+               "baseline_name": baseline_name(images)}
     write_json(metrics_path, results)
     write_json(verdict_path, decision)
     top = probabilities.max(axis=1)
@@ -184,7 +190,7 @@ def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path,
 
     interval = model_metrics["intervals"]["macro_f1"]
     print(f"test macro-F1: model {model_metrics['macro']['f1']:.4f} [{interval[0]:.4f}, {interval[1]:.4f}], "
-          f"{'thumbnail' if images else 'TF-IDF'} baseline {baseline_metrics['macro']['f1']:.4f} "
+          f"{baseline_name(images)} {baseline_metrics['macro']['f1']:.4f} "
           f"({len(test)} test rows)")
     for check in decision["checks"]:
         print(f"  [{'pass' if check['passed'] else 'FAIL'}] {check['message']}")

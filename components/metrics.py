@@ -342,7 +342,7 @@ def render_report(
     lines = ["# Tuneline evaluation report", ""]
     test_rows = metrics.get("test_rows")
     lines += [f"Test rows: {test_rows if test_rows is not None else 'unknown'}.", ""]
-    lines += _headline_section(model, baseline)
+    lines += _headline_section(model, baseline, metrics.get("baseline_name") or "TF-IDF baseline")
     lines += _per_class_section(model, baseline, labels)
     lines += _confusion_section(confusion_matrix, labels)
     lines += _calibration_section(model)
@@ -352,7 +352,7 @@ def render_report(
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _headline_section(model: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+def _headline_section(model: dict[str, Any], baseline: dict[str, Any], name: str = "TF-IDF baseline") -> list[str]:
     """Accuracy and macro P/R/F1 with intervals, and weighted F1, next to the baseline's."""
     intervals = model.get("intervals") or {}
     rows = [
@@ -369,7 +369,7 @@ def _headline_section(model: dict[str, Any], baseline: dict[str, Any]) -> list[s
         ("weighted f1", (model.get("weighted") or {}).get("f1"), None, (baseline.get("weighted") or {}).get("f1")),
     ]
     lines = [
-        "## Model against the TF-IDF baseline",
+        f"## Model against the {name}",
         "",
         "| metric | model | 95% interval | baseline | model - baseline |",
         "|---|---:|---|---:|---:|",

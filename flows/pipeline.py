@@ -51,7 +51,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     """The test metrics as a markdown table: model vs baseline, macro figures, then per class."""
     model, baseline = metrics["model"], metrics["baseline"]
     rows = ["| | accuracy | macro precision | macro recall | macro F1 |", "|---|---|---|---|---|"]
-    for name, figures in (("model", model), ("TF-IDF baseline", baseline)):
+    for name, figures in (("model", model), (metrics.get("baseline_name", "TF-IDF baseline"), baseline)):
         macro = figures["macro"]
         rows.append(f"| {name} | {figures['accuracy']:.4f} | {macro['precision']:.4f} | {macro['recall']:.4f} | "
                     f"{macro['f1']:.4f} |")

@@ -30,7 +30,8 @@ def _run(args: argparse.Namespace) -> int:
     print("\n== Tuneline run finished ==")
     if metrics:
         model, baseline = metrics["model"]["macro"], metrics["baseline"]["macro"]
-        print(f"test macro-F1:        model {model['f1']:.4f}   TF-IDF baseline {baseline['f1']:.4f}")
+        print(f"test macro-F1:        model {model['f1']:.4f}   "
+              f"{metrics.get('baseline_name', 'TF-IDF baseline')} {baseline['f1']:.4f}")
         print(f"test macro P / R:     model {model['precision']:.4f} / {model['recall']:.4f}   "
               f"accuracy {metrics['model']['accuracy']:.4f}   ({metrics['test_rows']} test rows)")
     verdict = result.get("verdict", {})
@@ -44,9 +45,39 @@ def _run(args: argparse.Namespace) -> int:
 
     print(f"champion (served):    {registry.champion(params.package.model_name) or '(none yet)'}"
           "   (tuneline models lists them all)")
-    print(f"model folder:         {params.paths.model}")
-    print(f"metrics:              {params.paths.metrics} (also: dvc metrics show)")
-    print("serve it:             make serve")
+    here = Path(os.path.relpath(args.root))  # the image pipeline's paths are relative to images/
+    print(f"model folder:         {here / params.paths.model}")
+    print(f"metrics:              {here / params.paths.metrics} (also: dvc metrics show)")
+    print(f"serve it:             {_serve_command(here)}")
+    return 0
+
+
+def _serve_command(here: Path) -> str:
+    """How to serve the champion of the pipeline in `here` (relative to the working directory)."""
+    if here == Path("."):
+        return "make serve"
+    return "make serve-images" if here == Path("images") else f".venv/bin/tuneline --root {here} serve"
+
+
+def _scratch(args: argparse.Namespace) -> int:
+    from components.vision import compare_with_scratch
+
+    os.chdir(args.root)  # params.yaml's paths are relative to its folder, as DVC runs the stages
+    params = load_params("params.yaml")
+    result = compare_with_scratch(params)
+    pretrained, scratch, difference = result["pretrained"], result["scratch"], result["difference"]
+    tried = ", ".join(f"{t['learning_rate']:g} (val {t['val_macro_f1']:.4f})" for t in result["learning_rates_tried"])
+    print(f"\n== Pretrained vs random weights, {result['test_rows']} test images ==")
+    print(f"test macro-F1:        pretrained {pretrained['test_macro_f1']:.4f}   "
+          f"random weights {scratch['test_macro_f1']:.4f}")
+    print(f"test accuracy:        pretrained {pretrained['test_accuracy']:.4f}   "
+          f"random weights {scratch['test_accuracy']:.4f}")
+    print(f"difference:           {difference['difference']:+.4f} macro-F1, {difference['confidence']:.0%} interval "
+          f"[{difference['low']:+.4f}, {difference['high']:+.4f}]: "
+          f"{'pretraining wins clearly' if result['clear'] else 'not a clear difference'}")
+    print(f"random weights:       same network, splits, epochs and recipe; learning rates tried {tried}; "
+          f"best on val kept")
+    print(f"written to:           {params.paths.scratch}")
     return 0
 
 
@@ -61,6 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
     name = params.package.model_name
     tag = os.environ.get("TUNELINE_MODEL_TAG") or registry.champion(name) or f"{name}:latest"
     print(f"serving {tag} on http://{host}:{port} (Ctrl-C stops)", flush=True)
+    os.environ.setdefault("TUNELINE_PARAMS", str(args.root / "params.yaml"))  # the service's limits and model name
     os.chdir(args.root)
     os.execv(command[0], command)
     return 0  # not reached
@@ -185,7 +217,7 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: `tuneline run | serve | predict`."""
+    """The command line: `tuneline run | serve | predict | models | promote | rollback | schedule | scratch`."""
     parser = argparse.ArgumentParser(prog="tuneline", description=__doc__)
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (holds params.yaml, dvc.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--reason", help="why, for the history")
     rollback = commands.add_parser("rollback", help="make the previous champion (or TAG) the champion again")
     rollback.add_argument("tag", nargs="?", help="a stored model's tag (default: the champion before this one)")
+    commands.add_parser("scratch", help="images: train the same network from random weights on the same splits and "
+                        "compare its test macro-F1 with the pipeline's pretrained model")
     schedule = commands.add_parser("schedule", help="serve the scheduled retraining deployment (schedule.cron); "
                                    "starts a local Prefect server unless PREFECT_API_URL is set")
     schedule.add_argument("--port", type=int, default=4200, help="the local Prefect server's port (default 4200)")
@@ -221,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_params(args.root / "params.yaml")
         commands = {"run": _run, "serve": _serve, "predict": _predict, "models": _models, "promote": _promote,
-                    "rollback": _rollback, "schedule": _schedule}
+                    "rollback": _rollback, "schedule": _schedule, "scratch": _scratch}
         return commands[args.command](args)
     except ConfigError as exc:
         print(f"tuneline {args.command}: {exc}", file=sys.stderr)

@@ -24,7 +24,9 @@ TINY = {
     "evaluate": {"min_macro_precision": 0.0, "min_macro_recall": 0.0, "min_macro_f1": 0.0, "min_class_recall": 0.0,
                  "min_margin_over_baseline": -1.0, "max_prediction_share": 1.0, "val_loss_below_chance": False},
 }
-PROJECT_FILES = ["components", "flows", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "data/raw/.gitkeep"]
+PROJECT_FILES = ["components", "flows", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "data/raw/.gitkeep",
+                 "images/.dvc/config", "images/.dvc/.gitignore", "images/.dvcignore", "images/params.yaml",
+                 "images/dvc.yaml", "images/components", "images/data/raw/.gitkeep"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -74,7 +76,9 @@ def make_project(root: Path, source: Path) -> Path:
     for name in PROJECT_FILES:
         origin, target = source / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        if origin.is_dir():
+        if origin.is_symlink():  # images/: links to the project's dvc.yaml and components
+            target.symlink_to(origin.readlink())
+        elif origin.is_dir():
             shutil.copytree(origin, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(origin, target)
