@@ -156,6 +156,48 @@ def cached_vectors(model: Any, encoded: list[dict[str, Any]], pad_token_id: int,
     return features, False
 
 
+def cached_image_features(backbone: Any, pixels: list[Any], keys: list[str], batch_size: int, device: str,
+                          cache_dir: str | Path | None) -> tuple[Any, bool]:
+    """The frozen image backbone's pooled features for every image (rows in input order, float32 on the CPU), read
+    from cache_dir when this backbone and these images were seen before; (features, was_cached).
+
+    The key hashes the backbone's weights and buffers (batch-norm statistics included), the input size and each
+    image's content hash (`keys`), so other weights, another image.size or another data version get their own entry.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(b"image")
+        for name, tensor in sorted(backbone.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(str(tuple(pixels[0].shape) if pixels else ()).encode())
+        for key in keys:
+            digest.update(key.encode() + b"|")
+        path = Path(cache_dir) / f"{digest.hexdigest()[:24]}.safetensors"
+        if path.is_file():
+            features = load_file(str(path))["features"]
+            if features.shape[0] == len(pixels):
+                return features, True
+    was_training = backbone.training
+    backbone.eval()  # frozen: ImageNet's batch-norm statistics, as the full model uses them in training
+    try:
+        with torch.no_grad():
+            chunks = [backbone(torch.stack(pixels[start:start + batch_size]).to(device)).float().cpu()
+                      for start in range(0, len(pixels), batch_size)]
+    finally:
+        backbone.train(was_training)
+    features = torch.cat(chunks) if chunks else torch.zeros((0, 0))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"features": features.contiguous()}, str(partial))
+        partial.replace(path)
+    return features, False
+
+
 def head_only(dropout: Any, head: Any) -> Any:
     """dropout -> head as a module Trainer can train on cached features. They are the model's own modules (the same
     objects), so training it updates the full model."""

@@ -163,7 +163,7 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
     """
     import os
 
-    from transformers import set_seed
+    from transformers import default_data_collator, set_seed
 
     from components.io import write_json
     from components.predict import META_FILE
@@ -187,11 +187,18 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
              "random weights", device)
     train_set = ImageRows(train, augmented_dir, label_ids, image.size)
     val_set = ImageRows(val, prepared_dir, label_ids, image.size) if len(val) else None
+    trained, train_data, val_data, collator = model, train_set, val_set, default_data_collator
+    feature_seconds = 0.0
+    if model_params.freeze_backbone and train_params.feature_cache:
+        trained, train_data, val_data, feature_seconds = _on_cached_features(
+            model, train_set, train, val_set, val, train_params.batch_size * 4, device,
+            Path(work_dir) / "features" if work_dir is not None else None)
 
     def save(trainer: Any, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        state = {key: value.detach().cpu().contiguous() for key, value in trainer.model.state_dict().items()}
+        # the whole classifier: on cached features Trainer held only its head (the same modules)
+        state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
         save_file(state, str(folder / WEIGHTS_FILE))
         write_json(folder / META_FILE, {
             "modality": "image",
@@ -203,17 +210,45 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
             "train": train_params.model_dump(mode="json"),
         })
 
-    from transformers import default_data_collator
-
-    result = fit(model, train_set, val_set, train_params=train_params, device=device, labels=labels,
+    result = fit(trained, train_data, val_data, train_params=train_params, device=device, labels=labels,
                  train_labels=train["label"].astype(str).tolist(),
                  checkpoint_id=_fingerprint(model_params, train_params, image, train, val), save=save,
                  out_dir=out_dir, metrics_path=metrics_path, work_dir=work_dir, live_dir=live_dir,
                  counts=(trainable, total), train_tokens=len(train_set) * image.size * image.size,
-                 collator=default_data_collator)
+                 feature_seconds=feature_seconds, collator=collator)
     log.info("trained %d steps on %d images; best validation macro-F1 %.4f", result.steps, result.train_rows,
              result.best_val_macro_f1)
     return result
+
+
+def _on_cached_features(model: Any, train_set: ImageRows, train: pd.DataFrame, val_set: ImageRows | None,
+                        val: pd.DataFrame, batch_size: int, device: str,
+                        cache_dir: Path | None) -> tuple[Any, Any, Any, float]:
+    """model.freeze_backbone with train.feature_cache: the frozen backbone runs once per data version (its pooled
+    features kept in cache_dir), and Trainer trains the head alone on them. Augmented copies are files of their own,
+    so their features are cached like any image's.
+
+    Returns:
+        (the head as a trainable module, train rows, val rows or None, seconds spent on the features)
+    """
+    import time
+
+    from components.features import FeatureRows, cached_image_features, head_only
+
+    started = time.perf_counter()
+    model.to(device)
+    train_features, hit = cached_image_features(model.backbone, train_set.pixels, train["sha256"].tolist(),
+                                                batch_size, device, cache_dir)
+    train_data = FeatureRows(train_features, train_set.labels.tolist())
+    val_data = None
+    if val_set is not None:
+        val_features, _ = cached_image_features(model.backbone, val_set.pixels, val["sha256"].tolist(), batch_size,
+                                                device, cache_dir)
+        val_data = FeatureRows(val_features, val_set.labels.tolist())
+    seconds = time.perf_counter() - started
+    log.info("feature cache: %s frozen-backbone features for %d train images in %.1f s; the head trains on them",
+             "read" if hit else "computed", len(train_set), seconds)
+    return head_only(model.dropout, model.classifier), train_data, val_data, seconds
 
 
 def _fingerprint(model_params: ModelParams, train_params: TrainParams, image: ImageParams,

@@ -77,3 +77,46 @@ def test_evaluate_scores_images_against_a_thumbnail_baseline(trained) -> None:
     assert metrics["test_rows"] > 0 and 0.0 <= result.macro_f1 <= 1.0
     assert metrics["baseline"]["macro"]["f1"] > 0.5  # logistic regression on 8x8 digits is a strong baseline
     assert "images/" in (root / "predictions.csv").read_text().splitlines()[1]
+
+
+def test_a_frozen_backbone_trains_the_head_on_cached_features(trained, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import torch
+    from safetensors.torch import load_file
+
+    from components.config import ModelParams
+    from components.predict import Classifier
+    from components.train import run as train
+    from components.vision import image_classifier
+
+    root, params = trained
+    caplog.set_level(logging.INFO, logger="components.vision")
+    probe = params.model.model_copy(update={"freeze_backbone": True})
+    recipe = params.train.model_copy(update={"max_steps": 6, "learning_rate": 1e-2})
+    work = tmp_path / "work"
+    results = [train(probe, recipe, root / "augmented", root / "prepared", tmp_path / name, tmp_path / f"{name}.json",
+                     work_dir=work, image=params.image) for name in ("first", "second")]
+
+    messages = [r.getMessage() for r in caplog.records if "feature cache" in r.getMessage()]
+    assert "computed" in messages[0] and "read" in messages[1]
+    assert len(list((work / "features").glob("*.safetensors"))) == 2  # train and val
+    assert results[0].best_val_macro_f1 == results[1].best_val_macro_f1
+    assert results[0].trainable_params == 1280 * 10 + 10
+    # the saved folder is the whole classifier: the backbone exactly as ImageNet left it, the head trained
+    saved = load_file(str(tmp_path / "first/model.safetensors"))
+    imagenet = image_classifier(10, ModelParams()).state_dict()
+    backbone = [key for key in saved if key.startswith("backbone.")]
+    assert len(backbone) > 200 and all(torch.equal(saved[key], imagenet[key]) for key in backbone)
+    assert not torch.equal(saved["classifier.weight"], imagenet["classifier.weight"])
+    # and through the full network it scores on val what it scored on the cached features
+    from sklearn.metrics import f1_score
+
+    from components.io import read_split
+
+    val = read_split(root / "prepared", "val")
+    predicted = Classifier.load(tmp_path / "first", device="cpu").predict([str(root / "prepared" / f)
+                                                                            for f in val["image"]])
+    full = f1_score(val["label"].astype(str), [p.label for p in predicted], average="macro", zero_division=0)
+    assert full == pytest.approx(results[0].best_val_macro_f1, abs=1e-4)
