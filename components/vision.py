@@ -105,28 +105,133 @@ def freeze_image_backbone(model: Any, params: ModelParams) -> None:
             parameter.requires_grad = False
 
 
-def pixels(path: str | Path | Any, size: int) -> Any:
+TRANSFORMERS = "transformers"  # tuneline.json's architecture for a local AutoModelForImageClassification checkpoint
+
+
+def build_image_model(labels: list[str], params: ModelParams, size: int) -> tuple[Any, dict[str, Any]]:
+    """The backbone model.name_or_path names (builtin: EfficientNet-Lite0; or a local transformers image
+    classification checkpoint) with a new head for `labels`, frozen as model.* asks.
+
+    Returns:
+        (the module, what tuneline.json records of it: architecture, base_model, image_mean, image_std)
+    """
+    if params.is_builtin:
+        model = image_classifier(len(labels), params)
+        freeze_image_backbone(model, params)
+        name = BUILTIN_IMAGE_MODEL if params.pretrained else f"{ARCHITECTURE}, random weights"
+        return model, {"architecture": ARCHITECTURE, "base_model": name, "image_mean": HALF, "image_std": HALF}
+    model, about = transformers_image_model(labels, params, size)
+    freeze_transformers_backbone(model, params)
+    return model, about
+
+
+def transformers_image_model(labels: list[str], params: ModelParams, size: int) -> tuple[Any, dict[str, Any]]:
+    """A local AutoModelForImageClassification checkpoint (ViT, DeiT, ConvNeXT, ResNet, ...) with its head replaced
+    for `labels` (random weights everywhere with model.pretrained: false). Inputs are normalised with the mean and
+    std of the checkpoint's image processor (preprocessor_config.json), or 0.5 when it has none."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    from components.model import attach_head, resolve_model
+
+    source, name = resolve_model(params)
+    label_kwargs = {"id2label": dict(enumerate(labels)),
+                    "label2id": {label: index for index, label in enumerate(labels)}}
+    config = AutoConfig.from_pretrained(source, **label_kwargs)
+    expected = getattr(config, "image_size", None)
+    if isinstance(expected, int) and expected != size:
+        raise StageError(f"{name} takes {expected}x{expected} images (its config.json), but image.size is {size}; "
+                         f"set image.size to {expected}")
+    try:
+        if params.pretrained:
+            model = AutoModelForImageClassification.from_pretrained(source, ignore_mismatched_sizes=True,
+                                                                    **label_kwargs)
+        else:
+            model = AutoModelForImageClassification.from_config(config)
+    except ValueError as exc:  # a config transformers maps to no image classification model
+        raise StageError(f"{name} is not an image classification checkpoint AutoModelForImageClassification can "
+                         f"load ({exc}); use builtin, or a ViT, DeiT, ConvNeXT, ResNet, ... checkpoint") from None
+    mean, std = HALF, HALF
+    if (Path(source) / "preprocessor_config.json").is_file():
+        import json
+
+        processor = json.loads((Path(source) / "preprocessor_config.json").read_text(encoding="utf-8"))
+        mean = tuple(float(v) for v in processor.get("image_mean", mean))
+        std = tuple(float(v) for v in processor.get("image_std", std))
+    else:
+        log.info("%s has no preprocessor_config.json; its inputs are scaled to [-1, 1] (mean = std = 0.5)", name)
+    return attach_head(model, params.head), {
+        "architecture": TRANSFORMERS, "base_model": name if params.pretrained else f"{name}, random weights",
+        "image_mean": mean, "image_std": std}
+
+
+def freeze_transformers_backbone(model: Any, params: ModelParams) -> None:
+    """freeze_backbone (all but the head), freeze_embeddings (the patch or stem embedding) and freeze_layers N (the
+    embedding and the first N encoder layers or stages) for a transformers image classifier."""
+    from components.model import head_attribute
+
+    head = {id(p) for p in getattr(model, head_attribute(model)).parameters()}
+    base = model.base_model
+    frozen: list[Any] = []
+    if params.freeze_backbone:
+        frozen = [p for p in model.parameters() if id(p) not in head]
+    else:
+        embeddings = getattr(base, "embeddings", None) or getattr(base, "embedder", None)
+        if (params.freeze_embeddings or params.freeze_layers) and embeddings is not None:
+            frozen += list(embeddings.parameters())
+        if params.freeze_layers:
+            layers = _layer_list(base)
+            if layers is None:
+                raise StageError(f"model.freeze_layers is set, but {type(base).__name__} has no list of layers "
+                                 f"({', '.join(LAYER_LISTS)}); use freeze_backbone or freeze_embeddings")
+            if params.freeze_layers > len(layers):
+                raise StageError(f"model.freeze_layers = {params.freeze_layers}, but the model has {len(layers)}")
+            frozen += [p for layer in layers[:params.freeze_layers] for p in layer.parameters()]
+    for parameter in frozen:
+        parameter.requires_grad = False
+
+
+LAYER_LISTS = ("layers", "encoder.layer", "encoder.layers", "encoder.stages")  # where transformers keeps them
+
+
+def _layer_list(base: Any) -> Any:
+    """The base model's list of layers (or stages), bottom first; None when it keeps none where LAYER_LISTS look."""
+    for path in LAYER_LISTS:
+        found = base
+        for part in path.split("."):
+            found = getattr(found, part, None)
+        if found is not None and len(found):
+            return found
+    return None
+
+
+HALF = (0.5, 0.5, 0.5)  # EfficientNet-Lite's mean and std: pixels in [-1, 1]
+
+
+def pixels(path: str | Path | Any, size: int, mean: tuple[float, ...] = HALF, std: tuple[float, ...] = HALF) -> Any:
     """One image (a path or an open binary file) as the model's input: RGB, size x size (bilinear, antialiased),
-    scaled to [-1, 1]."""
+    each channel normalised with the backbone's mean and std."""
+    import torch
     import torch.nn.functional as F  # noqa: N812 - torch's own short name
 
     from components.images import load_rgb
 
     image = F.interpolate(load_rgb(path), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return ((image[0] - 0.5) / 0.5).contiguous()
+    shape = (3, 1, 1)
+    return ((image[0] - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)).contiguous()
 
 
 class ImageRows:
     """A split's images as model inputs (decoded once, kept in memory: small data sets) with their label ids."""
 
-    def __init__(self, frame: pd.DataFrame, folder: str | Path, label_ids: dict[str, int] | None, size: int) -> None:
+    def __init__(self, frame: pd.DataFrame, folder: str | Path, label_ids: dict[str, int] | None, size: int,
+                 mean: tuple[float, ...] = HALF, std: tuple[float, ...] = HALF) -> None:
         import torch
 
         cache: dict[str, Any] = {}
         self.pixels = []
         for image in frame["image"]:
             if image not in cache:
-                cache[image] = pixels(Path(folder) / image, size)
+                cache[image] = pixels(Path(folder) / image, size, mean, std)
             self.pixels.append(cache[image])
         self.labels = None if label_ids is None else torch.tensor([label_ids[str(v)] for v in frame["label"]])
 
@@ -169,9 +274,6 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
     from components.predict import META_FILE
     from components.train import fit, parameter_counts, training_data
 
-    if not model_params.is_builtin:
-        raise StageError("model.name_or_path for images is builtin (EfficientNet-Lite0) so far; local "
-                         "AutoModelForImageClassification checkpoints are not supported yet")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise StageError("train.num_processes > 1 (DDP) is for text models so far; set it to 1 for images")
     if model_params.adapter != "none" or model_params.gradual_unfreeze or model_params.candidates:
@@ -179,17 +281,17 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
                          "and [] for images")
     labels, label_ids, train, val, device = training_data(augmented_dir, prepared_dir, train_params)
     set_seed(train_params.seed)
-    model = image_classifier(len(labels), model_params)
-    freeze_image_backbone(model, model_params)
+    model, about = build_image_model(labels, model_params, image.size)
     trainable, total = parameter_counts(model)
-    log.info("trainable parameters: %s of %s (%.2f%%), %s, %s, device %s", f"{trainable:,}", f"{total:,}",
-             100 * trainable / total, ARCHITECTURE, "ImageNet weights" if model_params.pretrained else
-             "random weights", device)
-    train_set = ImageRows(train, augmented_dir, label_ids, image.size)
-    val_set = ImageRows(val, prepared_dir, label_ids, image.size) if len(val) else None
+    log.info("trainable parameters: %s of %s (%.2f%%), %s, device %s", f"{trainable:,}", f"{total:,}",
+             100 * trainable / total, about["base_model"], device)
+    normalisation = (tuple(about["image_mean"]), tuple(about["image_std"]))
+    train_set = ImageRows(train, augmented_dir, label_ids, image.size, *normalisation)
+    val_set = ImageRows(val, prepared_dir, label_ids, image.size, *normalisation) if len(val) else None
     trained, train_data, val_data, collator = model, train_set, val_set, default_data_collator
     feature_seconds = 0.0
-    if model_params.freeze_backbone and train_params.feature_cache:
+    if model_params.freeze_backbone and train_params.feature_cache and about["architecture"] != TRANSFORMERS:
+        # (a transformers checkpoint's head trains through the frozen model: its heads differ too much to cache for)
         trained, train_data, val_data, feature_seconds = _on_cached_features(
             model, train_set, train, val_set, val, train_params.batch_size * 4, device,
             Path(work_dir) / "features" if work_dir is not None else None)
@@ -197,15 +299,17 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
     def save(trainer: Any, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        # the whole classifier: on cached features Trainer held only its head (the same modules)
-        state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_FILE))
+        if about["architecture"] == TRANSFORMERS:
+            model.save_pretrained(str(folder))
+        else:
+            # the whole classifier: on cached features Trainer held only its head (the same modules)
+            state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+            save_file(state, str(folder / WEIGHTS_FILE))
         write_json(folder / META_FILE, {
             "modality": "image",
             "labels": labels,
-            "architecture": ARCHITECTURE,
+            **about,
             "image_size": image.size,
-            "base_model": BUILTIN_IMAGE_MODEL if model_params.pretrained else f"{ARCHITECTURE}, random weights",
             "model": model_params.model_dump(mode="json"),
             "train": train_params.model_dump(mode="json"),
         })
@@ -273,6 +377,19 @@ def load_image_model(model_dir: str | Path, device: str = "cpu") -> tuple[Any, d
     from components.predict import read_meta
 
     meta = read_meta(model_dir)
+    if meta.get("architecture") == TRANSFORMERS:
+        from transformers import AutoConfig, AutoModelForImageClassification
+
+        from components.model import attach_head
+
+        head = HeadParams.model_validate(meta["model"].get("head", {}))
+        if head.type == "linear":
+            model = AutoModelForImageClassification.from_pretrained(str(model_dir), use_safetensors=True)
+        else:
+            model = attach_head(AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(model_dir)),
+                                head)
+            model.load_state_dict(load_file(str(Path(model_dir) / WEIGHTS_FILE)), strict=True)
+        return model.to(device).eval(), meta
     params = ModelParams.model_validate({**meta["model"], "pretrained": False})  # the weights come from the file
     model = image_classifier(len(meta["labels"]), params)
     model.load_state_dict(load_file(str(Path(model_dir) / WEIGHTS_FILE)), strict=True)
@@ -283,11 +400,13 @@ class ImagePredictor:
     """A trained image classifier folder ready for inference: the same interface as predict.Classifier, taking
     image files (paths) or their bytes instead of texts."""
 
-    def __init__(self, model: Any, labels: list[str], size: int, device: str) -> None:
+    def __init__(self, model: Any, labels: list[str], size: int, device: str, mean: tuple[float, ...] = HALF,
+                 std: tuple[float, ...] = HALF) -> None:
         self.model = model
         self.labels = labels
         self.size = size
         self.device = device
+        self.mean, self.std = mean, std
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "auto") -> ImagePredictor:
@@ -295,7 +414,8 @@ class ImagePredictor:
 
         device = pick_device(device)
         model, meta = load_image_model(model_dir, device)
-        return cls(model, list(meta["labels"]), int(meta["image_size"]), device)
+        return cls(model, list(meta["labels"]), int(meta["image_size"]), device,
+                   tuple(meta.get("image_mean", HALF)), tuple(meta.get("image_std", HALF)))
 
     def inputs(self, items: list[Any]) -> Any:
         """Paths or bytes as one batch tensor of model inputs."""
@@ -303,8 +423,8 @@ class ImagePredictor:
 
         import torch
 
-        return torch.stack([pixels(io.BytesIO(item) if isinstance(item, bytes) else item, self.size)
-                            for item in items])
+        return torch.stack([pixels(io.BytesIO(item) if isinstance(item, bytes) else item, self.size, self.mean,
+                                   self.std) for item in items])
 
     def predict_proba(self, items: list[Any], batch_size: int = 32) -> np.ndarray:
         """Probabilities of shape (len(items), len(labels)), rows in input order."""
@@ -380,7 +500,10 @@ def compare_with_scratch(params: Params, *, factors: tuple[float, ...] = SCRATCH
         predictor = ImagePredictor.load(model_dir, params.train.device)
         return [labels[i] for i in predictor.predict_proba(files, params.evaluate.batch_size).argmax(axis=1)]
 
+    from components.predict import read_meta
+
     pretrained = test_predictions(paths.model)
+    pretrained_name = read_meta(paths.model)["base_model"]
     # every layer trains: frozen random layers would only handicap the untrained network
     scratch_model = params.model.model_copy(update={"pretrained": False, "freeze_layers": 0,
                                                     "freeze_embeddings": False, "freeze_backbone": False})
@@ -395,6 +518,7 @@ def compare_with_scratch(params: Params, *, factors: tuple[float, ...] = SCRATCH
             tried.append({"learning_rate": learning_rate, "val_macro_f1": result.best_val_macro_f1,
                           "steps": result.steps})
             log.info("random weights, learning rate %g: val macro-F1 %.4f", learning_rate, result.best_val_macro_f1)
+            scratch_name = read_meta(Path(tmp) / "model")["base_model"]
             if best is None or result.best_val_macro_f1 > best[0]:
                 best = (result.best_val_macro_f1, test_predictions(Path(tmp) / "model"))
     assert best is not None
@@ -403,8 +527,8 @@ def compare_with_scratch(params: Params, *, factors: tuple[float, ...] = SCRATCH
                                                params.evaluate.confidence, params.evaluate.seed)
     comparison = {
         "test_rows": len(truth),
-        "pretrained": {"base_model": BUILTIN_IMAGE_MODEL, **_scores(truth, pretrained, labels)},
-        "scratch": {"base_model": f"{ARCHITECTURE}, random weights", "learning_rate": chosen["learning_rate"],
+        "pretrained": {"base_model": pretrained_name, **_scores(truth, pretrained, labels)},
+        "scratch": {"base_model": scratch_name, "learning_rate": chosen["learning_rate"],
                     "val_macro_f1": chosen["val_macro_f1"], **_scores(truth, best[1], labels)},
         "learning_rates_tried": tried,
         # pretrained minus scratch; "clear" when the whole interval lies above zero

@@ -120,3 +120,64 @@ def test_a_frozen_backbone_trains_the_head_on_cached_features(trained, tmp_path:
                                                                             for f in val["image"]])
     full = f1_score(val["label"].astype(str), [p.label for p in predicted], average="macro", zero_division=0)
     assert full == pytest.approx(results[0].best_val_macro_f1, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def vit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local transformers image classification checkpoint: a small ViT (random weights, 3 labels) with its image
+    processor, saved as save_pretrained saves any."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    folder = tmp_path_factory.mktemp("vit")
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                       intermediate_size=64, num_labels=3)
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.45, 0.5],
+                      image_std=[0.2, 0.25, 0.3]).save_pretrained(folder)
+    return folder
+
+
+def test_a_local_transformers_checkpoint_gets_a_new_head_trains_and_predicts(trained, vit_checkpoint: Path,
+                                                                              tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from components.predict import Classifier
+    from components.train import run as train
+    from components.vision import ImagePredictor
+
+    root, params = trained
+    model = params.model.model_copy(update={"name_or_path": str(vit_checkpoint), "freeze_layers": 2})
+    result = train(model, params.train, root / "augmented", root / "prepared", tmp_path / "model",
+                   tmp_path / "train.json", image=params.image)
+    assert result.steps == 4
+    meta = json.loads((tmp_path / "model/tuneline.json").read_text())
+    assert meta["architecture"] == "transformers" and meta["base_model"] == str(vit_checkpoint)
+    assert meta["image_mean"] == [0.4, 0.45, 0.5] and meta["image_std"] == [0.2, 0.25, 0.3]
+    # the head was replaced for the ten digits; the patch embedding and the first two layers kept their weights
+    base = load_file(str(vit_checkpoint / "model.safetensors"))
+    tuned = load_file(str(tmp_path / "model/model.safetensors"))
+    assert tuned["classifier.weight"].shape == (10, 32) and base["classifier.weight"].shape == (3, 32)
+    for name in ("vit.embeddings.patch_embeddings.projection.weight", "vit.encoder.layer.1.output.dense.weight"):
+        assert torch.equal(base[name], tuned[name]), name
+    layer = "vit.encoder.layer.2.output.dense.weight"
+    assert not torch.equal(base[layer], tuned[layer])
+
+    predictor = Classifier.load(tmp_path / "model", device="cpu")
+    assert isinstance(predictor, ImagePredictor) and predictor.mean == (0.4, 0.45, 0.5)
+    files = sorted((root / "prepared/images").iterdir())[:5]
+    by_path = predictor.predict_proba([str(f) for f in files])
+    assert by_path.shape == (5, 10) and np.allclose(by_path.sum(axis=1), 1.0)
+    assert np.abs(by_path - predictor.predict_proba([f.read_bytes() for f in files])).max() < 1e-6
+
+
+def test_a_checkpoint_for_another_image_size_is_refused_with_the_size_to_set(trained, vit_checkpoint: Path,
+                                                                              tmp_path: Path) -> None:
+    from components.stage import StageError
+    from components.train import run as train
+
+    root, params = trained
+    model = params.model.model_copy(update={"name_or_path": str(vit_checkpoint)})
+    with pytest.raises(StageError, match="set image.size to 32"):
+        train(model, params.train, root / "augmented", root / "prepared", tmp_path / "model", tmp_path / "train.json",
+              image=params.image.model_copy(update={"size": 64}))
