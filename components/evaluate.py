@@ -148,6 +148,14 @@ def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path,
     champion = load_champion(model_name) if model_name else None
     if champion is not None:
         tag, champion_classifier = champion
+        from components.vision import ImagePredictor
+
+        if isinstance(champion_classifier, ImagePredictor) != images:
+            kinds = ("image", "text") if images else ("text", "image")
+            raise StageError(f"the champion of package.model_name {model_name!r} ({tag}) is a {kinds[1]} model, and "
+                             f"this candidate classifies {kinds[0]}s: give each kind of model its own name "
+                             f"(package.model_name: tuneline-image for images, as images/params.yaml has it). "
+                             "Nothing was packaged; the champion stays.")
         champion_predicted = [p.label for p in champion_classifier.predict(texts, batch_size=params.batch_size)]
         champion_metrics = m.classification_metrics(truth, champion_predicted, labels)
         comparison = {

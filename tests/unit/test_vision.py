@@ -79,6 +79,23 @@ def test_evaluate_scores_images_against_a_thumbnail_baseline(trained) -> None:
     assert "images/" in (root / "predictions.csv").read_text().splitlines()[1]
 
 
+def test_an_image_candidate_never_faces_a_text_champion(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root params.yaml switched to images but package.model_name left at tuneline-text: evaluate must stop, not
+    score the text champion on image paths and promote the image model over it."""
+    from components import evaluate
+    from components.stage import StageError
+
+    class TextChampion:  # what load_champion returns for a text model: a Classifier, not an ImagePredictor
+        labels = [str(d) for d in range(10)]
+
+    root, params = trained
+    monkeypatch.setattr(evaluate, "load_champion", lambda name: ("tuneline-text:abc", TextChampion()))
+    with pytest.raises(StageError, match="is a text model, and this candidate classifies images"):
+        evaluate.run(params.evaluate, root / "model", root / "prepared", root / "test2.json", root / "gate2.json",
+                     model_name="tuneline-text")
+    assert not (root / "gate2.json").exists()
+
+
 def test_a_frozen_backbone_trains_the_head_on_cached_features(trained, tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     import logging
