@@ -198,3 +198,45 @@ def test_a_checkpoint_for_another_image_size_is_refused_with_the_size_to_set(tra
     with pytest.raises(StageError, match="set image.size to 32"):
         train(model, params.train, root / "augmented", root / "prepared", tmp_path / "model", tmp_path / "train.json",
               image=params.image.model_copy(update={"size": 64}))
+
+
+def test_an_interrupted_image_run_resumes_from_its_checkpoint(trained, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The run dies right after its first checkpoint (end of epoch 1); the next run with the same work_dir resumes
+    there and ends with the weights an uninterrupted run gets."""
+    import logging
+
+    from transformers import TrainerCallback
+
+    from components import train as engine
+
+    class Killed(Exception):
+        pass
+
+    class DieAfterFirstCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201 - Trainer's callback signature
+            raise Killed(f"killed after checkpoint-{state.global_step}")
+
+    root, params = trained
+    recipe = params.train.model_copy(update={"max_steps": None, "epochs": 2, "early_stopping_patience": 0})
+
+    def run(name: str, work: Path):  # noqa: ANN202
+        return engine.run(params.model, recipe, root / "augmented", root / "prepared", tmp_path / name,
+                          tmp_path / f"{name}.json", work_dir=work, image=params.image)
+
+    straight = run("straight", tmp_path / "work-straight")
+    callbacks = engine._callbacks
+    monkeypatch.setattr(engine, "_callbacks", lambda *a: [*callbacks(*a), DieAfterFirstCheckpoint()])
+    with pytest.raises(Killed):
+        run("resumed", tmp_path / "work")
+    assert not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(engine, "_callbacks", callbacks)
+    caplog.set_level(logging.INFO, logger="components.train")
+    resumed = run("resumed", tmp_path / "work")
+
+    assert any("resuming from" in r.getMessage() for r in caplog.records)
+    assert resumed.steps == straight.steps and resumed.best_val_macro_f1 == straight.best_val_macro_f1
+    weights = (tmp_path / "straight/model.safetensors").read_bytes()
+    assert (tmp_path / "resumed/model.safetensors").read_bytes() == weights
+    assert not any((tmp_path / "work/checkpoints").iterdir())  # finished: nothing left to resume
