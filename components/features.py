@@ -208,10 +208,10 @@ def head_only(dropout: Any, head: Any) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.dropout = dropout
-            self.head = head
+            self.classifier = head  # the name model.head_attribute looks for (train.head_learning_rate finds it)
 
         def forward(self, features: Any, labels: Any = None) -> Any:
-            logits = self.head(self.dropout(features))
+            logits = self.classifier(self.dropout(features))
             loss = torch.nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
             return SequenceClassifierOutput(loss=loss, logits=logits)
 

@@ -206,17 +206,24 @@ class ThawPlan:
     encoder layers from the top down, the embeddings last. Layers frozen by freeze_layers/freeze_embeddings stay
     frozen throughout."""
 
-    def __init__(self, model: Any, params: ModelParams) -> None:
+    def __init__(self, layers: list[Any], embeddings: Any | None, params: ModelParams) -> None:
+        """layers: the backbone's layers, bottom first (the first freeze_layers stay frozen); embeddings: thawed
+        last, unless None or freeze_embeddings."""
+        groups = [list(layer.parameters()) for layer in reversed(list(layers)[params.freeze_layers:])]
+        if embeddings is not None and not params.freeze_embeddings:
+            groups.append(list(embeddings.parameters()))
+        self.groups = groups
+        self.per_epoch = params.gradual_unfreeze
+        self.thawed = -1
+
+    @classmethod
+    def for_text(cls, model: Any, params: ModelParams) -> ThawPlan:
+        """The plan for a *ForSequenceClassification model: its encoder layers, then its embeddings."""
         backbone = model.base_model
         layers = list(getattr(getattr(backbone, "encoder", None), "layer", None) or [])
         if not layers:
             raise StageError(f"model.gradual_unfreeze is set, but {type(backbone).__name__} has no encoder.layer list")
-        groups = [list(layer.parameters()) for layer in reversed(layers[params.freeze_layers:])]
-        if not params.freeze_embeddings:
-            groups.append(list(backbone.embeddings.parameters()))
-        self.groups = groups
-        self.per_epoch = params.gradual_unfreeze
-        self.thawed = -1
+        return cls(layers, backbone.embeddings, params)
 
     def thaw_all(self) -> None:
         """Every group trainable (so the optimizer is built holding them all; frozen ones just get no gradient)."""
@@ -538,7 +545,7 @@ def run(model_params: ModelParams, train_params: TrainParams, augmented_dir: str
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = build_classifier(source, labels, model_params)
     freeze(model, model_params)
-    thaw = ThawPlan(model, model_params) if model_params.gradual_unfreeze else None
+    thaw = ThawPlan.for_text(model, model_params) if model_params.gradual_unfreeze else None
     if thaw is not None:
         thaw.apply(0, model)  # the first epoch trains the head only
     if thaw is not None and world_size > 1:

@@ -164,6 +164,28 @@ def transformers_image_model(labels: list[str], params: ModelParams, size: int) 
         "image_mean": mean, "image_std": std}
 
 
+def image_thaw_plan(model: Any, params: ModelParams) -> Any:
+    """Gradual unfreezing for an image model: the head first, then the backbone's layers from the top down (for
+    EfficientNet-Lite0 its final 1x1 convolution, then the 16 blocks), the stem or patch embedding last. As with
+    freeze_layers for images, layers frozen by freeze_layers (and then the stem) stay frozen."""
+    import torch.nn as nn
+
+    from components.train import ThawPlan
+
+    keep_stem = not (params.freeze_embeddings or params.freeze_layers)
+    if hasattr(model, "backbone"):  # EfficientNet-Lite0
+        net = model.backbone
+        layers = [*net._blocks, nn.ModuleList([net._conv_head, net._bn1])]
+        return ThawPlan(layers, nn.ModuleList([net._conv_stem, net._bn0]) if keep_stem else None, params)
+    base = model.base_model
+    layers = _layer_list(base)
+    if layers is None:
+        raise StageError(f"model.gradual_unfreeze is set, but {type(base).__name__} has no list of layers "
+                         f"({', '.join(LAYER_LISTS)})")
+    embeddings = getattr(base, "embeddings", None) or getattr(base, "embedder", None)
+    return ThawPlan(list(layers), embeddings if keep_stem else None, params)
+
+
 def freeze_transformers_backbone(model: Any, params: ModelParams) -> None:
     """freeze_backbone (all but the head), freeze_embeddings (the patch or stem embedding) and freeze_layers N (the
     embedding and the first N encoder layers or stages) for a transformers image classifier."""
@@ -272,16 +294,19 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
 
     from components.io import write_json
     from components.predict import META_FILE
-    from components.train import fit, parameter_counts, training_data
+    from components.train import _trainer_class, fit, parameter_counts, training_data
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise StageError("train.num_processes > 1 (DDP) is for text models so far; set it to 1 for images")
-    if model_params.adapter != "none" or model_params.gradual_unfreeze or model_params.candidates:
-        raise StageError("model.adapter, gradual_unfreeze and candidates are for text models; set them to none, 0 "
-                         "and [] for images")
+    if model_params.adapter != "none" or model_params.candidates:
+        raise StageError("model.adapter and model.candidates are for text models; set them to none and [] for "
+                         "images")
     labels, label_ids, train, val, device = training_data(augmented_dir, prepared_dir, train_params)
     set_seed(train_params.seed)
     model, about = build_image_model(labels, model_params, image.size)
+    thaw = image_thaw_plan(model, model_params) if model_params.gradual_unfreeze else None
+    if thaw is not None:
+        thaw.apply(0, model)  # the first epoch trains the head only
     trainable, total = parameter_counts(model)
     log.info("trainable parameters: %s of %s (%.2f%%), %s, device %s", f"{trainable:,}", f"{total:,}",
              100 * trainable / total, about["base_model"], device)
@@ -319,7 +344,8 @@ def train_images(model_params: ModelParams, train_params: TrainParams, image: Im
                  checkpoint_id=_fingerprint(model_params, train_params, image, train, val), save=save,
                  out_dir=out_dir, metrics_path=metrics_path, work_dir=work_dir, live_dir=live_dir,
                  counts=(trainable, total), train_tokens=len(train_set) * image.size * image.size,
-                 feature_seconds=feature_seconds, collator=collator)
+                 feature_seconds=feature_seconds, collator=collator, thaw=thaw,
+                 trainer_class=_trainer_class(train_params.head_learning_rate, thaw))
     log.info("trained %d steps on %d images; best validation macro-F1 %.4f", result.steps, result.train_rows,
              result.best_val_macro_f1)
     return result

@@ -67,7 +67,7 @@ def test_a_model_without_a_head_is_named() -> None:
 
 def test_gradual_unfreezing_thaws_top_down(tiny) -> None:
     freeze(tiny, ModelParams(freeze_layers=1))
-    plan = ThawPlan(tiny, ModelParams(freeze_layers=1, gradual_unfreeze=1))
+    plan = ThawPlan.for_text(tiny, ModelParams(freeze_layers=1, gradual_unfreeze=1))
 
     def trainable_layers() -> set[str]:
         return {n.split(".")[3] if ".layer." in n else n.split(".")[1] for n, p in tiny.named_parameters()

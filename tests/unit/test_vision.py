@@ -240,3 +240,35 @@ def test_an_interrupted_image_run_resumes_from_its_checkpoint(trained, tmp_path:
     weights = (tmp_path / "straight/model.safetensors").read_bytes()
     assert (tmp_path / "resumed/model.safetensors").read_bytes() == weights
     assert not any((tmp_path / "work/checkpoints").iterdir())  # finished: nothing left to resume
+
+
+def test_gradual_unfreezing_thaws_the_image_backbone_from_the_top(trained, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import torch
+    from safetensors.torch import load_file
+
+    from components.config import ModelParams
+    from components.train import run as train
+    from components.vision import image_classifier
+
+    root, params = trained
+    caplog.set_level(logging.INFO, logger="components.train")
+    model = params.model.model_copy(update={"gradual_unfreeze": 4})
+    recipe = params.train.model_copy(update={"max_steps": None, "epochs": 2, "early_stopping_patience": 0,
+                                             "head_learning_rate": 1e-2})
+    train(model, recipe, root / "augmented", root / "prepared", tmp_path / "model", tmp_path / "train.json",
+          image=params.image)
+
+    thawed = [r.getMessage() for r in caplog.records if "backbone groups thawed" in r.getMessage()]
+    assert thawed[0].startswith("epoch 1: 0 of 18") and thawed[-1].startswith("epoch 2: 4 of 18"), thawed
+    saved, imagenet = load_file(str(tmp_path / "model/model.safetensors")), image_classifier(10, ModelParams())
+    start = imagenet.state_dict()
+    # epoch 2 trained the final convolution and the top three blocks; the stem and the lower blocks never moved
+    assert not torch.equal(saved["backbone._conv_head.weight"], start["backbone._conv_head.weight"])
+    assert not torch.equal(saved["backbone._blocks.15._project_conv.weight"],
+                           start["backbone._blocks.15._project_conv.weight"])
+    for name in ("backbone._conv_stem.weight", "backbone._blocks.0._project_conv.weight",
+                 "backbone._blocks.12._project_conv.weight"):
+        assert torch.equal(saved[name], start[name]), name
