@@ -47,7 +47,8 @@ def _run(args: argparse.Namespace) -> int:
           "   (tuneline models lists them all)")
     here = Path(os.path.relpath(args.root))  # the image pipeline's paths are relative to images/
     print(f"model folder:         {here / params.paths.model}")
-    print(f"metrics:              {here / params.paths.metrics} (also: dvc metrics show)")
+    show = "dvc metrics show" if here == Path(".") else f"cd {here} && dvc metrics show"
+    print(f"metrics:              {here / params.paths.metrics} (also: {show})")
     print(f"serve it:             {_serve_command(here)}")
     return 0
 
