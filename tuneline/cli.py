@@ -63,6 +63,7 @@ def _serve_command(here: Path) -> str:
 def _scratch(args: argparse.Namespace) -> int:
     from components.vision import compare_with_scratch
 
+    here = Path(os.path.relpath(args.root))
     os.chdir(args.root)  # params.yaml's paths are relative to its folder, as DVC runs the stages
     params = load_params("params.yaml")
     result = compare_with_scratch(params)
@@ -78,7 +79,7 @@ def _scratch(args: argparse.Namespace) -> int:
           f"{'pretraining wins clearly' if result['clear'] else 'not a clear difference'}")
     print(f"random weights:       same network, splits, epochs and recipe; learning rates tried {tried}; "
           f"best on val kept")
-    print(f"written to:           {params.paths.scratch}")
+    print(f"written to:           {here / params.paths.scratch}")
     return 0
 
 
