@@ -45,6 +45,27 @@ def head_attribute(model: Any) -> str:
                      "*ForSequenceClassification models (BERT, MiniLM, DistilBERT, RoBERTa, ...)")
 
 
+LAYER_LISTS = ("encoder.layer", "layers", "encoder.layers", "encoder.stages")  # where transformers keeps them
+
+
+def layer_list(base: Any) -> Any:
+    """A base model's list of layers (or stages), bottom first: BERT's encoder.layer, transformers 5's ViT layers,
+    ConvNeXT's encoder.stages, ...; None when it keeps none where LAYER_LISTS look."""
+    for path in LAYER_LISTS:
+        found = base
+        for part in path.split("."):
+            found = getattr(found, part, None)
+        if found is not None and len(found):
+            return found
+    return None
+
+
+def no_layer_list(base: Any, option: str) -> StageError:
+    """The error for an option that needs the base model's layers when it has none where LAYER_LISTS look."""
+    return StageError(f"model.{option} is set, but {type(base).__name__} has no list of layers "
+                      f"({', '.join(LAYER_LISTS)})")
+
+
 def mlp_head(in_features: int, num_labels: int, head: HeadParams) -> Any:
     """Linear -> activation -> dropout for each hidden size, then Linear to the labels (Dense(1024, relu) + softmax
     is `hidden_sizes: [1024], activation: relu`; the softmax is in the loss and in predict)."""
@@ -86,17 +107,27 @@ def build_classifier(source: str, labels: list[str], params: ModelParams) -> Any
     return attach_head(model, params.head)
 
 
-def load_trained(model_dir: str | Path, model_params: dict[str, Any]) -> Any:
-    """A model folder written by the train stage, with its head rebuilt as trained (an MLP head included)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def load_trained(model_dir: str | Path, model_params: dict[str, Any], auto_class: Any = None) -> Any:
+    """A model folder written by the train stage, with its head rebuilt as trained (an MLP head included).
 
+    auto_class: the transformers Auto class that reads it; AutoModelForSequenceClassification when None.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    auto_class = auto_class or AutoModelForSequenceClassification
     head = HeadParams.model_validate(model_params.get("head", {}))
+    model = auto_class.from_pretrained(model_dir, use_safetensors=True)
     if head.type == "linear":
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
+        return model
+    # The backbone comes through from_pretrained, which maps the names save_pretrained wrote (transformers 5 renames
+    # some, ViT's layers among them); the MLP head, which config.json does not describe, is read by its own names.
     from safetensors.torch import load_file
 
-    model = attach_head(AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(model_dir)), head)
-    model.load_state_dict(load_file(str(Path(model_dir) / "model.safetensors")), strict=True)
+    model = attach_head(model, head)
+    name = head_attribute(model)
+    saved = load_file(str(Path(model_dir) / "model.safetensors"))
+    getattr(model, name).load_state_dict({key[len(name) + 1:]: value for key, value in saved.items()
+                                          if key.startswith(name + ".")}, strict=True)
     return model
 
 

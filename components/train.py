@@ -13,7 +13,7 @@ import pandas as pd
 
 from components.config import ImageParams, ModelParams, Params, TrainParams
 from components.io import atomic_dir, read_labels, read_split, write_json
-from components.model import build_classifier, head_attribute, resolve_model
+from components.model import build_classifier, head_attribute, layer_list, no_layer_list, resolve_model
 from components.predict import META_FILE, pick_device
 from components.stage import StageError, stage_main
 
@@ -44,9 +44,9 @@ def freeze(model: Any, params: ModelParams) -> tuple[int, int]:
         for parameter in backbone.embeddings.parameters():
             parameter.requires_grad = False
     if params.freeze_layers:
-        layers = getattr(getattr(backbone, "encoder", None), "layer", None)
+        layers = layer_list(backbone)
         if layers is None:
-            raise StageError(f"model.freeze_layers is set, but {type(backbone).__name__} has no encoder.layer list")
+            raise no_layer_list(backbone, "freeze_layers")
         if params.freeze_layers > len(layers):
             raise StageError(f"model.freeze_layers = {params.freeze_layers}, but the model has {len(layers)} layers")
         for layer in layers[: params.freeze_layers]:
@@ -220,10 +220,10 @@ class ThawPlan:
     def for_text(cls, model: Any, params: ModelParams) -> ThawPlan:
         """The plan for a *ForSequenceClassification model: its encoder layers, then its embeddings."""
         backbone = model.base_model
-        layers = list(getattr(getattr(backbone, "encoder", None), "layer", None) or [])
-        if not layers:
-            raise StageError(f"model.gradual_unfreeze is set, but {type(backbone).__name__} has no encoder.layer list")
-        return cls(layers, backbone.embeddings, params)
+        layers = layer_list(backbone)
+        if layers is None:
+            raise no_layer_list(backbone, "gradual_unfreeze")
+        return cls(list(layers), backbone.embeddings, params)
 
     def thaw_all(self) -> None:
         """Every group trainable (so the optimizer is built holding them all; frozen ones just get no gradient)."""

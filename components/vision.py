@@ -172,6 +172,7 @@ def image_thaw_plan(model: Any, params: ModelParams) -> Any:
     freeze_layers for images, layers frozen by freeze_layers (and then the stem) stay frozen."""
     import torch.nn as nn
 
+    from components.model import layer_list, no_layer_list
     from components.train import ThawPlan
 
     keep_stem = not (params.freeze_embeddings or params.freeze_layers)
@@ -180,10 +181,9 @@ def image_thaw_plan(model: Any, params: ModelParams) -> Any:
         layers = [*net._blocks, nn.ModuleList([net._conv_head, net._bn1])]
         return ThawPlan(layers, nn.ModuleList([net._conv_stem, net._bn0]) if keep_stem else None, params)
     base = model.base_model
-    layers = _layer_list(base)
+    layers = layer_list(base)
     if layers is None:
-        raise StageError(f"model.gradual_unfreeze is set, but {type(base).__name__} has no list of layers "
-                         f"({', '.join(LAYER_LISTS)})")
+        raise no_layer_list(base, "gradual_unfreeze")
     embeddings = getattr(base, "embeddings", None) or getattr(base, "embedder", None)
     return ThawPlan(list(layers), embeddings if keep_stem else None, params)
 
@@ -191,7 +191,7 @@ def image_thaw_plan(model: Any, params: ModelParams) -> Any:
 def freeze_transformers_backbone(model: Any, params: ModelParams) -> None:
     """freeze_backbone (all but the head), freeze_embeddings (the patch or stem embedding) and freeze_layers N (the
     embedding and the first N encoder layers or stages) for a transformers image classifier."""
-    from components.model import head_attribute
+    from components.model import head_attribute, layer_list, no_layer_list
 
     head = {id(p) for p in getattr(model, head_attribute(model)).parameters()}
     base = model.base_model
@@ -203,29 +203,14 @@ def freeze_transformers_backbone(model: Any, params: ModelParams) -> None:
         if (params.freeze_embeddings or params.freeze_layers) and embeddings is not None:
             frozen += list(embeddings.parameters())
         if params.freeze_layers:
-            layers = _layer_list(base)
+            layers = layer_list(base)
             if layers is None:
-                raise StageError(f"model.freeze_layers is set, but {type(base).__name__} has no list of layers "
-                                 f"({', '.join(LAYER_LISTS)}); use freeze_backbone or freeze_embeddings")
+                raise no_layer_list(base, "freeze_layers")
             if params.freeze_layers > len(layers):
                 raise StageError(f"model.freeze_layers = {params.freeze_layers}, but the model has {len(layers)}")
             frozen += [p for layer in layers[:params.freeze_layers] for p in layer.parameters()]
     for parameter in frozen:
         parameter.requires_grad = False
-
-
-LAYER_LISTS = ("layers", "encoder.layer", "encoder.layers", "encoder.stages")  # where transformers keeps them
-
-
-def _layer_list(base: Any) -> Any:
-    """The base model's list of layers (or stages), bottom first; None when it keeps none where LAYER_LISTS look."""
-    for path in LAYER_LISTS:
-        found = base
-        for part in path.split("."):
-            found = getattr(found, part, None)
-        if found is not None and len(found):
-            return found
-    return None
 
 
 HALF = (0.5, 0.5, 0.5)  # EfficientNet-Lite's mean and std: pixels in [-1, 1]
@@ -406,18 +391,11 @@ def load_image_model(model_dir: str | Path, device: str = "cpu") -> tuple[Any, d
 
     meta = read_meta(model_dir)
     if meta.get("architecture") == TRANSFORMERS:
-        from transformers import AutoConfig, AutoModelForImageClassification
+        from transformers import AutoModelForImageClassification
 
-        from components.model import attach_head
+        from components.model import load_trained
 
-        head = HeadParams.model_validate(meta["model"].get("head", {}))
-        if head.type == "linear":
-            model = AutoModelForImageClassification.from_pretrained(str(model_dir), use_safetensors=True)
-        else:
-            model = attach_head(AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(model_dir)),
-                                head)
-            model.load_state_dict(load_file(str(Path(model_dir) / WEIGHTS_FILE)), strict=True)
-        return model.to(device).eval(), meta
+        return load_trained(model_dir, meta["model"], AutoModelForImageClassification).to(device).eval(), meta
     params = ModelParams.model_validate({**meta["model"], "pretrained": False})  # the weights come from the file
     model = image_classifier(len(meta["labels"]), params)
     model.load_state_dict(load_file(str(Path(model_dir) / WEIGHTS_FILE)), strict=True)
