@@ -272,3 +272,25 @@ def test_gradual_unfreezing_thaws_the_image_backbone_from_the_top(trained, tmp_p
     for name in ("backbone._conv_stem.weight", "backbone._blocks.0._project_conv.weight",
                  "backbone._blocks.12._project_conv.weight"):
         assert torch.equal(saved[name], start[name]), name
+
+
+def test_a_transformers_checkpoint_with_an_mlp_head_loads_back_as_trained(trained, vit_checkpoint: Path,
+                                                                          tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from components.predict import Classifier
+    from components.train import run as train
+
+    root, params = trained
+    from components.config import HeadParams
+
+    model = params.model.model_copy(update={"name_or_path": str(vit_checkpoint),
+                                            "head": HeadParams(type="mlp", hidden_sizes=[16])})
+    train(model, params.train, root / "augmented", root / "prepared", tmp_path / "model", tmp_path / "train.json",
+          image=params.image)
+    predictor = Classifier.load(tmp_path / "model", device="cpu")
+    head = predictor.model.classifier
+    assert isinstance(head, torch.nn.Sequential) and head[-1].out_features == 10
+    saved = load_file(str(tmp_path / "model/model.safetensors"))
+    assert torch.equal(predictor.model.state_dict()["classifier.0.weight"], saved["classifier.0.weight"])
