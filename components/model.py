@@ -66,6 +66,17 @@ def no_layer_list(base: Any, option: str) -> StageError:
                       f"({', '.join(LAYER_LISTS)})")
 
 
+def bottom_layers(base: Any, count: int) -> list[Any]:
+    """The bottom `count` layers of a base model, which model.freeze_layers freezes; a clear error when the model
+    has no layer list or fewer layers."""
+    layers = layer_list(base)
+    if layers is None:
+        raise no_layer_list(base, "freeze_layers")
+    if count > len(layers):
+        raise StageError(f"model.freeze_layers = {count}, but the model has {len(layers)} layers")
+    return list(layers[:count])
+
+
 def mlp_head(in_features: int, num_labels: int, head: HeadParams) -> Any:
     """Linear -> activation -> dropout for each hidden size, then Linear to the labels (Dense(1024, relu) + softmax
     is `hidden_sizes: [1024], activation: relu`; the softmax is in the loss and in predict)."""

@@ -13,7 +13,14 @@ import pandas as pd
 
 from components.config import ImageParams, ModelParams, Params, TrainParams
 from components.io import atomic_dir, read_labels, read_split, write_json
-from components.model import build_classifier, head_attribute, layer_list, no_layer_list, resolve_model
+from components.model import (
+    bottom_layers,
+    build_classifier,
+    head_attribute,
+    layer_list,
+    no_layer_list,
+    resolve_model,
+)
 from components.predict import META_FILE, pick_device
 from components.stage import StageError, stage_main
 
@@ -43,15 +50,9 @@ def freeze(model: Any, params: ModelParams) -> tuple[int, int]:
     if params.freeze_embeddings:
         for parameter in backbone.embeddings.parameters():
             parameter.requires_grad = False
-    if params.freeze_layers:
-        layers = layer_list(backbone)
-        if layers is None:
-            raise no_layer_list(backbone, "freeze_layers")
-        if params.freeze_layers > len(layers):
-            raise StageError(f"model.freeze_layers = {params.freeze_layers}, but the model has {len(layers)} layers")
-        for layer in layers[: params.freeze_layers]:
-            for parameter in layer.parameters():
-                parameter.requires_grad = False
+    for layer in bottom_layers(backbone, params.freeze_layers) if params.freeze_layers else []:
+        for parameter in layer.parameters():
+            parameter.requires_grad = False
     return parameter_counts(model)
 
 

@@ -191,7 +191,7 @@ def image_thaw_plan(model: Any, params: ModelParams) -> Any:
 def freeze_transformers_backbone(model: Any, params: ModelParams) -> None:
     """freeze_backbone (all but the head), freeze_embeddings (the patch or stem embedding) and freeze_layers N (the
     embedding and the first N encoder layers or stages) for a transformers image classifier."""
-    from components.model import head_attribute, layer_list, no_layer_list
+    from components.model import bottom_layers, head_attribute
 
     head = {id(p) for p in getattr(model, head_attribute(model)).parameters()}
     base = model.base_model
@@ -203,12 +203,7 @@ def freeze_transformers_backbone(model: Any, params: ModelParams) -> None:
         if (params.freeze_embeddings or params.freeze_layers) and embeddings is not None:
             frozen += list(embeddings.parameters())
         if params.freeze_layers:
-            layers = layer_list(base)
-            if layers is None:
-                raise no_layer_list(base, "freeze_layers")
-            if params.freeze_layers > len(layers):
-                raise StageError(f"model.freeze_layers = {params.freeze_layers}, but the model has {len(layers)}")
-            frozen += [p for layer in layers[:params.freeze_layers] for p in layer.parameters()]
+            frozen += [p for layer in bottom_layers(base, params.freeze_layers) for p in layer.parameters()]
     for parameter in frozen:
         parameter.requires_grad = False
 
