@@ -120,14 +120,8 @@ def _each_text(model: Any, encoded: list[dict[str, Any]], pad_token_id: int, bat
 def cache_key(model: Any, encoded: list[dict[str, Any]], kind: str = "head") -> str:
     """A hash of the kind of vector, the frozen weights (everything but the head) and the token ids: one entry per
     model + data."""
-    import torch
-
     digest = hashlib.sha256(kind.encode())
-    head = head_attribute(model) + "."
-    for name, tensor in sorted(model.state_dict().items()):
-        if not name.startswith(head):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    _add_weights(digest, model, skip=head_attribute(model) + ".")
     for item in encoded:
         digest.update(np.asarray(item["input_ids"], dtype=np.int64).tobytes())
         digest.update(b"|")
@@ -138,21 +132,36 @@ def cached_vectors(model: Any, encoded: list[dict[str, Any]], pad_token_id: int,
                    cache_dir: str | Path | None, kind: str = "head") -> tuple[Any, bool]:
     """head_inputs (kind "head") or mean_pooled (kind "mean"), read from cache_dir when this model + data was seen
     before; (vectors, was_cached)."""
+    compute = head_inputs if kind == "head" else mean_pooled
+    path = Path(cache_dir) / f"{cache_key(model, encoded, kind)}.safetensors" if cache_dir is not None else None
+    return _read_or_compute(path, len(encoded), lambda: compute(model, encoded, pad_token_id, batch_size, device))
+
+
+def _add_weights(digest: Any, module: Any, skip: str | None = None) -> None:
+    """Hash every tensor of module's state (weights and buffers) by name, but those whose name starts with skip."""
+    import torch
+
+    for name, tensor in sorted(module.state_dict().items()):
+        if skip is None or not name.startswith(skip):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+
+def _read_or_compute(path: Path | None, rows: int, compute: Any) -> tuple[Any, bool]:
+    """The features cached at path (when it holds `rows` rows), or compute() written there; (features, was_cached).
+    path None = no cache."""
     from safetensors.torch import load_file, save_file
 
-    compute = head_inputs if kind == "head" else mean_pooled
-    if cache_dir is None:
-        return compute(model, encoded, pad_token_id, batch_size, device), False
-    path = Path(cache_dir) / f"{cache_key(model, encoded, kind)}.safetensors"
-    if path.is_file():
+    if path is not None and path.is_file():
         features = load_file(str(path))["features"]
-        if features.shape[0] == len(encoded):
+        if features.shape[0] == rows:
             return features, True
-    features = compute(model, encoded, pad_token_id, batch_size, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file({"features": features.contiguous()}, str(partial))
-    partial.replace(path)  # atomic: a run killed mid-write leaves no half-written entry
+    features = compute()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"features": features.contiguous()}, str(partial))
+        partial.replace(path)  # atomic: a run killed mid-write leaves no half-written entry
     return features, False
 
 
@@ -165,37 +174,28 @@ def cached_image_features(backbone: Any, pixels: list[Any], keys: list[str], bat
     image's content hash (`keys`), so other weights, another image.size or another data version get their own entry.
     """
     import torch
-    from safetensors.torch import load_file, save_file
 
     path = None
     if cache_dir is not None:
         digest = hashlib.sha256(b"image")
-        for name, tensor in sorted(backbone.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        _add_weights(digest, backbone)
         digest.update(str(tuple(pixels[0].shape) if pixels else ()).encode())
         for key in keys:
             digest.update(key.encode() + b"|")
         path = Path(cache_dir) / f"{digest.hexdigest()[:24]}.safetensors"
-        if path.is_file():
-            features = load_file(str(path))["features"]
-            if features.shape[0] == len(pixels):
-                return features, True
-    was_training = backbone.training
-    backbone.eval()  # frozen: ImageNet's batch-norm statistics, as the full model uses them in training
-    try:
-        with torch.no_grad():
-            chunks = [backbone(torch.stack(pixels[start:start + batch_size]).to(device)).float().cpu()
-                      for start in range(0, len(pixels), batch_size)]
-    finally:
-        backbone.train(was_training)
-    features = torch.cat(chunks) if chunks else torch.zeros((0, 0))
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"features": features.contiguous()}, str(partial))
-        partial.replace(path)
-    return features, False
+
+    def compute() -> Any:
+        was_training = backbone.training
+        backbone.eval()  # frozen: ImageNet's batch-norm statistics, as the full model uses them in training
+        try:
+            with torch.no_grad():
+                chunks = [backbone(torch.stack(pixels[start:start + batch_size]).to(device)).float().cpu()
+                          for start in range(0, len(pixels), batch_size)]
+        finally:
+            backbone.train(was_training)
+        return torch.cat(chunks) if chunks else torch.zeros((0, 0))
+
+    return _read_or_compute(path, len(pixels), compute)
 
 
 def head_only(dropout: Any, head: Any) -> Any:
