@@ -33,7 +33,10 @@ from components.config import PARAMS_FILE, load_params
 from components.predict import ranked_labels
 from components.registry import champion
 from components.text import normalise
+from serving import timeout_fix
 from serving.batching import GreedyBatcher
+
+timeout_fix.patch()  # BentoML's request timeout kept every request alive for 60 s after its answer
 
 MODEL_TAG_ENV = "TUNELINE_MODEL_TAG"
 PARAMS_ENV = "TUNELINE_PARAMS"
