@@ -36,6 +36,7 @@ class GreedyBatcher:
         max_latency_s: a request that waited longer than this for the model is answered with `overloaded()`.
         overloaded: the exception for such a request (the service makes it a 503).
         on_batch: called with the number of texts of each call (the service's Prometheus histogram).
+        on_wait: called with each request's seconds in the queue, from its arrival to its call of `predict`.
         executor: where `predict` runs; default one thread of its own. One long-lived thread keeps torch's
             per-thread state (the OpenMP team on a CPU, the cuBLAS handle and workspace on a GPU) warm, where a
             pool's threads come and go.
@@ -43,13 +44,15 @@ class GreedyBatcher:
 
     def __init__(self, predict: Callable[[Sequence[list[str]]], Sequence[Any]], max_texts: int,
                  max_latency_s: float, overloaded: Callable[[], Exception],
-                 on_batch: Callable[[int], None] = lambda texts: None, executor: Executor | None = None) -> None:
+                 on_batch: Callable[[int], None] = lambda texts: None,
+                 on_wait: Callable[[float], None] = lambda seconds: None, executor: Executor | None = None) -> None:
         self._predict = predict
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneline-model")
         self._max_texts = max_texts
         self._max_latency_s = max_latency_s
         self._overloaded = overloaded
         self._on_batch = on_batch
+        self._on_wait = on_wait
         self._queue: collections.deque[_Waiting] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -96,4 +99,5 @@ class GreedyBatcher:
             else:
                 batch.append(self._queue.popleft())
                 texts += len(waiting.texts)
+                self._on_wait(now - waiting.queued)
         return batch

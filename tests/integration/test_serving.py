@@ -292,8 +292,12 @@ def test_load_2000_requests_at_concurrency_16(server: str, tag: str, model_dir: 
     asyncio.run(run())
 
     assert not failures, f"{len(failures)} of {len(requests)} requests failed, e.g. {failures[:5]}"
-    batches = _histogram_count(httpx.get(f"{server}/metrics", timeout=30).text, "tuneline_batch_texts")
+    metrics = httpx.get(f"{server}/metrics", timeout=30).text
+    batches = _histogram_count(metrics, "tuneline_batch_texts")
     assert batches < len(requests), "adaptive batching never merged two requests"
+    # Where the time goes: one model timing per call, one queue timing per request (this test's and earlier ones').
+    assert _histogram_count(metrics, "tuneline_model_seconds") == batches
+    assert _histogram_count(metrics, "tuneline_queue_seconds") >= len(requests)
 
 
 def _histogram_count(metrics: str, name: str) -> float:

@@ -63,6 +63,18 @@ def test_requests_arriving_while_the_model_is_busy_share_the_next_call() -> None
     assert sizes == [1, 4]
 
 
+def test_each_request_reports_its_time_in_the_queue() -> None:
+    model = Model(hold_first=True)
+    waits: list[float] = []
+    requests = [["first"], ["a"], ["b"]]
+    answers = asyncio.run(hold_then_send(batcher(model, on_wait=waits.append), model, requests))
+
+    assert answers == [["FIRST"], ["A"], ["B"]]
+    assert len(waits) == 3  # one per request, when the model starts on it
+    assert 0 <= waits[0] < 0.05  # the model was idle: no wait
+    assert min(waits[1:]) >= 0.04  # queued behind the held call, which hold_then_send released after 0.05 s
+
+
 def test_a_call_takes_whole_requests_up_to_max_texts() -> None:
     model = Model(hold_first=True)
     requests = [["hold"], ["a", "b"], ["c", "d"], ["e"], ["f", "g", "h", "i", "j"]]
