@@ -4,13 +4,18 @@
 built-in Rotten Tomatoes corpus, or --texts FILE):
 
   raw     - `Classifier.predict_proba` in this process, no HTTP: texts/s at batch 32 and at batch 1 (one text per
-            call), and the latency of one forward pass of one text (median and p99);
+            call over all the texts), and the latency of one forward pass of the "probe": the text of median token
+            count, one call at a time (median and p99);
   served  - the real `bentoml serve serving.service:TunelineService` on 127.0.0.1, started twice: with adaptive
             batching on and off (serve.batching in a temporary copy of params.yaml that TUNELINE_PARAMS names).
             wrk drives it at concurrency 1, 8 and 32; every request carries ONE text, drawn round-robin from the
-            texts, so texts/s equals 2xx requests/s and any merging of texts is the server's batching. Each point
-            has a warm-up first (so the adaptive batcher has learned its dispatch times); printed are requests/s,
-            texts/s, p50 and p99 latency, non-2xx responses and socket errors.
+            texts, so texts/s equals 2xx requests/s and any merging of texts is the server's batching. Then a lone
+            client (concurrency 1) sends the probe text alone, over and over: its latency against the raw forward
+            pass of the same text is what the stack adds to a lone request, with no spread of text lengths in it.
+            Each point has a warm-up first; printed are requests/s, texts/s, p50 and p99 latency, non-2xx
+            responses and socket errors, and from the server's /metrics the mean milliseconds per request in the
+            batcher's queue, in the model and in the whole request inside the server (BentoML's request duration),
+            so the rest of the client's latency is HTTP and the client.
 
 Per server start it also prints the cold start (seconds from launching `bentoml serve` to the first 200 from
 /readyz) and the peak RSS during the load (the server process and all its children, summed, sampled every 0.2 s;
@@ -18,9 +23,10 @@ pages shared by forked workers count once per process, so it is an upper bound).
 
 How to read it: the raw figures are the ceiling. served/raw texts/s at the highest concurrency (target >= 0.60) is
 the share of the model's speed the HTTP stack keeps; batching on/off at that concurrency (target > 1, and >= 3 on
-a GPU, where a batch of 32 costs little more than one text) is what adaptive batching buys; p99 at concurrency 1
-over one raw forward pass (target <= 2) is the latency the stack adds to a lone request. wrk runs on the same
-machine and takes CPU from the server, so on a small CPU machine the served figures are pessimistic.
+a GPU, where a batch of 32 costs little more than one text) is what adaptive batching buys; the lone client's p99
+over the median raw forward pass of the same text (target <= 2) is the latency the stack adds to a lone request.
+wrk runs on the same machine and takes CPU from the server, so on a small CPU machine the served figures are
+pessimistic.
 
 The model served is self-contained: the base MiniLM with a new 3-label head, untrained (speed does not depend on
 the weights' values), stored in a temporary BentoML store; --model-dir serves a trained model folder instead, and
@@ -64,14 +70,17 @@ RSS_INTERVAL_S = 0.2
 
 @dataclass(frozen=True)
 class RawFigures:
-    """The model alone: texts/s at batch 32 and batch 1, and single-text forward latencies in seconds."""
+    """The model alone: texts/s at batch 32 and batch 1, and the probe text's forward latencies in seconds."""
 
     device: str
     threads: int
     batch_texts_per_s: float
     single_texts_per_s: float
-    single_latency_p50: float
-    single_latency_p99: float
+    single_latency_p99: float  # of one text per call over all the texts
+    probe: str
+    probe_tokens: int
+    probe_latency_p50: float
+    probe_latency_p99: float
     single_calls: int
     median_tokens: float
 
@@ -98,13 +107,56 @@ class WrkResult:
 
 
 @dataclass(frozen=True)
+class ServerTimes:
+    """Mean seconds per request inside the server during one point, from its /metrics histograms."""
+
+    queue: float | None  # in the batcher's queue (tuneline_queue_seconds)
+    model: float | None  # per call of the model (tuneline_model_seconds)
+    request: float | None  # the whole request inside the server (BentoML's request duration, /classify)
+
+
+@dataclass(frozen=True)
 class ServerRun:
-    """One `bentoml serve` start: its cold start, peak RSS during the load and one WrkResult per concurrency."""
+    """One `bentoml serve` start: its cold start, peak RSS during the load, and per point (a concurrency, or LONE)
+    what wrk saw and the server's own times."""
 
     batching: bool
     cold_start_s: float
     peak_rss_bytes: int
     points: dict[int, WrkResult] = field(default_factory=dict)
+    times: dict[int | str, ServerTimes] = field(default_factory=dict)
+    lone: WrkResult | None = None
+
+
+LONE = "lone"  # the lone-client point: concurrency 1, the probe text in every request
+_HISTOGRAMS = {"queue": ("tuneline_queue_seconds", ""), "model": ("tuneline_model_seconds", ""),
+               "request": ("bentoml_service_request_duration_seconds", 'endpoint="/classify"')}
+
+
+def histogram_totals(metrics: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the server-time histograms in a /metrics text, summed over their label sets."""
+    totals = {}
+    for key, (name, label) in _HISTOGRAMS.items():
+        sums = counts = 0.0
+        for line in metrics.splitlines():
+            metric, _, value = line.rpartition(" ")
+            if label and label not in metric:
+                continue
+            if metric.startswith(f"{name}_sum"):
+                sums += float(value)
+            elif metric.startswith(f"{name}_count"):
+                counts += float(value)
+        totals[key] = (sums, counts)
+    return totals
+
+
+def server_times(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> ServerTimes:
+    """Mean seconds per observation between two histogram_totals readings (None where nothing was observed)."""
+    means = {}
+    for key in _HISTOGRAMS:
+        count = after[key][1] - before[key][1]
+        means[key] = (after[key][0] - before[key][0]) / count if count > 0 else None
+    return ServerTimes(**means)
 
 
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -236,7 +288,8 @@ def build_model(out: Path, base: Path | None, random_init: bool, max_length: int
 
 
 def measure_raw(model_dir: Path, texts: list[str], seconds: float, single_calls: int) -> RawFigures:
-    """The model in this process, no HTTP: batch-32 passes over `texts` for `seconds`, then single-text calls."""
+    """The model in this process, no HTTP: batch-32 passes over `texts` for `seconds`, one call per text over
+    `texts`, then `single_calls` calls of the probe (the text of median token count) alone."""
     import numpy as np
     import torch
     from transformers.utils import logging as transformers_logging
@@ -253,21 +306,30 @@ def measure_raw(model_dir: Path, texts: list[str], seconds: float, single_calls:
         done += len(texts)
     batch_rate = done / (time.perf_counter() - started)
 
-    latencies = []
-    for index in range(single_calls):
-        text = texts[index % len(texts)]
+    mixed = []
+    for text in texts:
         started = time.perf_counter()
         classifier.predict_proba([text], batch_size=1)
-        latencies.append(time.perf_counter() - started)
+        mixed.append(time.perf_counter() - started)
+
     tokens = [len(ids) for ids in classifier.tokenizer(texts, truncation=True,
                                                         max_length=classifier.max_length)["input_ids"]]
+    probe_index = sorted(range(len(texts)), key=lambda index: (tokens[index], index))[len(texts) // 2]
+    latencies = []
+    for _ in range(single_calls):
+        started = time.perf_counter()
+        classifier.predict_proba([texts[probe_index]], batch_size=1)
+        latencies.append(time.perf_counter() - started)
     return RawFigures(
         device=classifier.device,
         threads=torch.get_num_threads(),
         batch_texts_per_s=batch_rate,
-        single_texts_per_s=len(latencies) / sum(latencies),
-        single_latency_p50=float(np.percentile(latencies, 50)),
-        single_latency_p99=float(np.percentile(latencies, 99)),
+        single_texts_per_s=len(mixed) / sum(mixed),
+        single_latency_p99=float(np.percentile(mixed, 99)),
+        probe=texts[probe_index],
+        probe_tokens=tokens[probe_index],
+        probe_latency_p50=float(np.percentile(latencies, 50)),
+        probe_latency_p99=float(np.percentile(latencies, 99)),
         single_calls=len(latencies),
         median_tokens=float(np.median(tokens)),
     )
@@ -406,14 +468,22 @@ def run_wrk(wrk: str, script: Path, url: str, connections: int, seconds: int) ->
     return parse_wrk(done.stdout)
 
 
-def serve_and_load(batching: bool, tag: str, texts: list[str], wrk: str, script: Path, work: Path,
-                   concurrencies: list[int], duration: int, warmup: int, server_warmup: float) -> ServerRun:
-    """Start a server with batching on or off, warm it up and load it at each concurrency; always stop it."""
+def scrape(url: str) -> dict[str, tuple[float, float]]:
+    import httpx
+
+    return histogram_totals(httpx.get(f"{url}/metrics", timeout=30).text)
+
+
+def serve_and_load(batching: bool, tag: str, texts: list[str], wrk: str, script: Path, lone_script: Path,
+                   work: Path, concurrencies: list[int], duration: int, warmup: int,
+                   server_warmup: float) -> ServerRun:
+    """Start a server with batching on or off, warm it up, load it at each concurrency, then with the lone client;
+    always stop it."""
     state = "on" if batching else "off"
     print(f"--- bentoml serve, adaptive batching {state}", flush=True)
     log_path = work / f"serve-batching-{state}.log"
     process, url, cold_start = start_server(tag, params_copy(work, batching), log_path)
-    points = {}
+    points, times, lone = {}, {}, None
     try:
         print(f"    ready in {cold_start:.1f} s", flush=True)
         with RssSampler(process.pid) as rss:
@@ -429,12 +499,22 @@ def serve_and_load(batching: bool, tag: str, texts: list[str], wrk: str, script:
                     raise SystemExit(f"the server answers with model {served}, not the benchmark's {tag}")
                 if warmup > 0:
                     run_wrk(wrk, script, url, connections, warmup)
+                before = scrape(url)
                 points[connections] = run_wrk(wrk, script, url, connections, duration)
+                times[connections] = server_times(before, scrape(url))
                 point = points[connections]
                 print(f"    concurrency {connections}: {point.ok_per_s:.1f} texts/s", flush=True)
+            check_response(url, texts[0])
+            if warmup > 0:
+                run_wrk(wrk, lone_script, url, 1, warmup)
+            before = scrape(url)
+            lone = run_wrk(wrk, lone_script, url, 1, duration)
+            times[LONE] = server_times(before, scrape(url))
+            print(f"    lone client: p99 {_ms(lone.p99)} ms", flush=True)
     finally:
         stop_server(process)
-    return ServerRun(batching=batching, cold_start_s=cold_start, peak_rss_bytes=rss.peak, points=points)
+    return ServerRun(batching=batching, cold_start_s=cold_start, peak_rss_bytes=rss.peak, points=points,
+                     times=times, lone=lone)
 
 
 def _ms(seconds: float | None) -> str:
@@ -450,20 +530,28 @@ def report(raw: RawFigures, runs: list[ServerRun], setup: list[str]) -> str:
     lines = [*setup, "",
              "raw model, no HTTP (Classifier.predict_proba, in the benchmark process)",
              f"  batch {RAW_BATCH_SIZE:<4} {raw.batch_texts_per_s:>9.1f} texts/s",
-             f"  batch 1    {raw.single_texts_per_s:>9.1f} texts/s (one text per call)",
-             f"  one forward pass of one text: median {_ms(raw.single_latency_p50)} ms, "
-             f"p99 {_ms(raw.single_latency_p99)} ms ({raw.single_calls} calls)",
+             f"  batch 1    {raw.single_texts_per_s:>9.1f} texts/s (one text per call), "
+             f"p99 {_ms(raw.single_latency_p99)} ms per call",
+             f"  one forward pass of the probe ({raw.probe_tokens} tokens: {raw.probe[:60]!r}...): "
+             f"median {_ms(raw.probe_latency_p50)} ms, p99 {_ms(raw.probe_latency_p99)} ms ({raw.single_calls} calls)",
              "",
-             "served: bentoml serve on 127.0.0.1, ONE text per request (texts/s = 2xx responses/s)",
+             "served: bentoml serve on 127.0.0.1, ONE text per request (texts/s = 2xx responses/s); 'lone' is one",
+             "client sending the probe text alone; queue, model and server: the server's mean ms per request",
              f"{'batching':<10}{'conc':>5}{'req/s':>9}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
-             f"{'sock err':>9}"]
+             f"{'sock err':>9}{'queue':>8}{'model':>8}{'server':>8}"]
     for run in runs:
-        for connections, point in run.points.items():
-            lines.append(f"{'on' if run.batching else 'off':<10}{connections:>5}{point.requests_per_s:>9.1f}"
+        for point_name, point in [*run.points.items(), (LONE, run.lone)]:
+            if point is None:
+                continue
+            took = run.times.get(point_name, ServerTimes(None, None, None))
+            lines.append(f"{'on' if run.batching else 'off':<10}{point_name:>5}{point.requests_per_s:>9.1f}"
                          f"{point.ok_per_s:>9.1f}{_ms(point.p50):>9}{_ms(point.p99):>9}{point.non_2xx:>9}"
-                         f"{sum(point.socket_errors.values()):>9}")
+                         f"{sum(point.socket_errors.values()):>9}{_ms(took.queue):>8}{_ms(took.model):>8}"
+                         f"{_ms(took.request):>8}")
     for run in runs:
-        for connections, point in run.points.items():
+        for connections, point in [*run.points.items(), (LONE, run.lone)]:
+            if point is None:
+                continue
             if any(point.socket_errors.values()):
                 detail = ", ".join(f"{kind} {count}" for kind, count in point.socket_errors.items())
                 lines.append(f"  socket errors, batching {'on' if run.batching else 'off'}, "
@@ -496,15 +584,18 @@ def ratios(raw: RawFigures, runs: list[ServerRun]) -> list[str]:
         passed = gain >= target if raw.device == "cuda" else gain > target
         lines.append(f"batching on / off texts/s at concurrency {high}: {gain:.2f} "
                      f"(target {relation} {target:.0f} on {raw.device}: {_ok(passed)})")
-    p99 = on.points[low].p99
-    if p99 is not None:
-        overhead = p99 / raw.single_latency_p50
-        lines.append(f"p99 at concurrency {low}, batching on / one raw forward of one text (median): "
-                     f"{overhead:.2f} (target <= {TARGET_LATENCY_OVER_RAW:.0f}: "
+    if on.lone is not None and on.lone.p99 is not None:
+        overhead = on.lone.p99 / raw.probe_latency_p50
+        lines.append(f"p99 of the lone client (concurrency 1), batching on / one raw forward of the same text "
+                     f"(median): {overhead:.2f} (target <= {TARGET_LATENCY_OVER_RAW:.0f}: "
                      f"{_ok(overhead <= TARGET_LATENCY_OVER_RAW)})")
-        # The raw pass has a tail of its own (the machine's jitter): the like-for-like comparison, for reference.
-        lines.append(f"p99 at concurrency {low}, batching on / p99 of one raw forward of one text: "
-                     f"{p99 / raw.single_latency_p99:.2f}")
+        # The raw pass has a tail of its own (the machine's jitter): the p99-to-p99 comparison, for reference.
+        lines.append(f"  and against the p99 of the raw forward: {on.lone.p99 / raw.probe_latency_p99:.2f}")
+    if off is not None and off.lone is not None and off.lone.p99 is not None:
+        lines.append(f"  batching off, for reference: {off.lone.p99 / raw.probe_latency_p50:.2f}")
+    if on.points[low].p99 is not None:
+        lines.append(f"p99 at concurrency {low} over all the texts, batching on / p99 of the raw one-text calls over "
+                     f"them: {on.points[low].p99 / raw.single_latency_p99:.2f} (their lengths spread both)")
     return lines
 
 
@@ -518,8 +609,8 @@ def main() -> None:
                         help="open connections per point (default 1 8 32)")
     parser.add_argument("--raw-seconds", type=float, default=10.0,
                         help=f"seconds of batch-{RAW_BATCH_SIZE} passes in the raw loop (default 10)")
-    parser.add_argument("--single-calls", type=int, default=200,
-                        help="single-text calls in the raw loop (batch-1 texts/s and latency; default 200)")
+    parser.add_argument("--single-calls", type=int, default=500,
+                        help="raw single-text calls of the probe text, for its latency (default 500)")
     parser.add_argument("--n-texts", type=int, default=512, help="texts to cycle through (default 512)")
     parser.add_argument("--texts", type=Path, help="a file of texts, one per line, instead of the built-in corpus")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample of the built-in corpus")
@@ -562,9 +653,11 @@ def main() -> None:
 
         script = work / "one_text_per_request.lua"
         script.write_text(lua_script(texts), encoding="utf-8")
+        lone_script = work / "the_probe_text.lua"
+        lone_script.write_text(lua_script([raw.probe]), encoding="utf-8")
         concurrencies = sorted(set(args.concurrency))
-        runs = [serve_and_load(batching, tag, texts, wrk, script, work, concurrencies, args.duration, args.warmup,
-                           args.server_warmup)
+        runs = [serve_and_load(batching, tag, texts, wrk, script, lone_script, work, concurrencies, args.duration,
+                               args.warmup, args.server_warmup)
                 for batching in (True, False)]
 
     setup = [f"model: {tag}: {what}",
