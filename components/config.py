@@ -344,6 +344,7 @@ class ServeParams(_Block):
     max_text_chars: Annotated[int, Field(ge=1)] = 10_000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4_000_000
     batching: bool = True
+    batch_gather: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     top_k: Annotated[int, Field(ge=1)] = 3
     access_log: bool = True
 

@@ -1,11 +1,15 @@
-"""Adaptive batching that never waits: a request goes to the model at once when the model is idle, and the requests
-that arrive while it is busy go together in its next forward pass.
+"""Adaptive batching that never holds a lone request back: a request goes to the model at once when the model is
+idle, and the requests that arrive while it is busy go together in its next forward pass.
 
 BentoML's own batcher (CorkDispatcher, behind `@bentoml.api(batchable=True)`) holds a request back for as long as
 its requests have recently waited, hoping for company. After a burst that makes a lone request wait for nothing:
 measured with bench/serve_speed.py on an H200, p99 at concurrency 1 was 282 ms with it, 42 ms with this one and 8 ms
 unbatched. Here the batch size adapts to the load alone: the longer a forward pass takes, the more requests queue
 for the next one. Its batchable API also takes exactly one argument, and /classify takes top_k as well.
+
+The one wait it has (`gather`) is for requests that already queue when a call ends: the clients answered by that
+call are likely to send again at once, and a short wait lets them join the next call rather than wait a whole one.
+At concurrency 8 on 2 CPU cores, 10% of the call's time raised texts/s by a fifth and cut the p99 by a third.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class GreedyBatcher:
         overloaded: the exception for such a request (the service makes it a 503).
         on_batch: called with the number of texts of each call (the service's Prometheus histogram).
         on_wait: called with each request's seconds in the queue, from its arrival to its call of `predict`.
+        gather: when requests already wait as a call ends, wait up to this fraction of the call's duration for more
+            before the next call (0: never); see `_gather_more`.
+        full_texts: waiting texts that make the next call full, so that it need not gather (default max_texts).
         executor: where `predict` runs; default one thread of its own. One long-lived thread keeps torch's
             per-thread state (the OpenMP team on a CPU, the cuBLAS handle and workspace on a GPU) warm, where a
             pool's threads come and go.
@@ -45,7 +52,8 @@ class GreedyBatcher:
     def __init__(self, predict: Callable[[Sequence[list[str]]], Sequence[Any]], max_texts: int,
                  max_latency_s: float, overloaded: Callable[[], Exception],
                  on_batch: Callable[[int], None] = lambda texts: None,
-                 on_wait: Callable[[float], None] = lambda seconds: None, executor: Executor | None = None) -> None:
+                 on_wait: Callable[[float], None] = lambda seconds: None, executor: Executor | None = None,
+                 gather: float = 0.0, full_texts: int | None = None) -> None:
         self._predict = predict
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneline-model")
         self._max_texts = max_texts
@@ -53,6 +61,8 @@ class GreedyBatcher:
         self._overloaded = overloaded
         self._on_batch = on_batch
         self._on_wait = on_wait
+        self._gather = gather
+        self._full_texts = full_texts or max_texts
         self._queue: collections.deque[_Waiting] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -73,6 +83,7 @@ class GreedyBatcher:
             self._wake.clear()
             while batch := self._take():
                 self._on_batch(sum(len(waiting.texts) for waiting in batch))
+                started = time.monotonic()
                 try:
                     results = await asyncio.get_running_loop().run_in_executor(
                         self._executor, self._predict, [waiting.texts for waiting in batch])
@@ -84,6 +95,28 @@ class GreedyBatcher:
                 for waiting, result in zip(batch, results, strict=True):
                     if not waiting.future.done():  # its client may have gone away meanwhile
                         waiting.future.set_result(result)
+                await self._gather_more(time.monotonic() - started)
+
+    async def _gather_more(self, call_s: float) -> None:
+        """Before the next call, when requests queued behind the one that just ended: wait up to `gather` x its
+        duration, or until `full_texts` texts wait, for the clients just answered to send their next requests.
+
+        Without it, concurrent clients split into groups that take turns: the group queued during a call goes alone
+        while the group just answered comes back and waits a whole call. A lone request never waits here: it finds
+        the model idle and the queue empty.
+        """
+        if self._gather <= 0 or not self._queue:
+            return
+        deadline = time.monotonic() + self._gather * call_s
+        while sum(len(waiting.texts) for waiting in self._queue) < self._full_texts:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
 
     def _take(self) -> list[_Waiting]:
         """The queued requests for the next call: oldest first, up to max_texts; stale ones are answered at once."""

@@ -372,7 +372,8 @@ class TunelineService:
                                           max_texts=max(_serve.max_texts_per_request, _serve.max_batch_size),
                                           max_latency_s=_serve.max_latency_ms / 1000, overloaded=_overloaded,
                                           on_batch=texts_per_batch.observe, on_wait=queue_seconds.observe,
-                                          executor=self._model_thread)
+                                          executor=self._model_thread,
+                                          gather=_serve.batch_gather, full_texts=_serve.max_batch_size)
         # A first forward pass, in the model thread, before the server reports ready: its one-off set-up (lazy
         # imports, the thread team, kernel choices) is not a user's request's to wait for.
         self._model_thread.submit(self.classifier.predict_proba, [_warm_up_input(self.modality, self.classifier)],

@@ -75,6 +75,62 @@ def test_each_request_reports_its_time_in_the_queue() -> None:
     assert min(waits[1:]) >= 0.04  # queued behind the held call, which hold_then_send released after 0.05 s
 
 
+async def answered_then_more(batch: GreedyBatcher, model: Model) -> list:
+    """The model holds a call for "a" while "b" queues; on release, "c" arrives as soon as "a" is answered (as a
+    client just answered sends its next request)."""
+    first = asyncio.ensure_future(batch(["a"]))
+    await asyncio.to_thread(model.started.wait, 10)
+    queued = asyncio.ensure_future(batch(["b"]))
+    await asyncio.sleep(0.05)
+    model.release.set()
+    answer = await first
+    return [answer, *await asyncio.gather(queued, batch(["c"]))]
+
+
+def test_gathering_lets_the_clients_just_answered_join_the_next_call() -> None:
+    model = Model(hold_first=True)
+    answers = asyncio.run(answered_then_more(batcher(model, gather=1.0), model))
+
+    assert answers == [["A"], ["B"], ["C"]]
+    assert model.calls == [[["a"]], [["b"], ["c"]]]  # b waited for c, for at most the first call's duration
+
+
+def test_without_gathering_the_queued_request_goes_alone() -> None:
+    model = Model(hold_first=True)
+    answers = asyncio.run(answered_then_more(batcher(model, gather=0.0), model))
+
+    assert answers == [["A"], ["B"], ["C"]]
+    assert model.calls == [[["a"]], [["b"]], [["c"]]]
+
+
+def test_gathering_stops_once_the_next_call_is_full() -> None:
+    model = Model(hold_first=True)
+
+    async def scenario() -> list:
+        # A gather window of 100 x the held call (about 5 s): a full queue must not sit it out.
+        return await asyncio.wait_for(
+            answered_then_more(batcher(model, gather=100.0, full_texts=1), model), timeout=3)
+
+    assert asyncio.run(scenario()) == [["A"], ["B"], ["C"]]
+    assert model.calls == [[["a"]], [["b"]], [["c"]]]
+
+
+def test_a_lone_request_after_a_call_does_not_wait_for_company() -> None:
+    model = Model(hold_first=True)
+
+    async def scenario() -> list:
+        batch = batcher(model, gather=100.0)
+        first = asyncio.ensure_future(batch(["a"]))
+        await asyncio.to_thread(model.started.wait, 10)
+        await asyncio.sleep(0.05)
+        model.release.set()
+        # Nothing queued when the call ended: the next request finds the model idle and goes at once.
+        return [await first, await asyncio.wait_for(batch(["b"]), timeout=3)]
+
+    assert asyncio.run(scenario()) == [["A"], ["B"]]
+    assert model.calls == [[["a"]], [["b"]]]
+
+
 def test_a_call_takes_whole_requests_up_to_max_texts() -> None:
     model = Model(hold_first=True)
     requests = [["hold"], ["a", "b"], ["c", "d"], ["e"], ["f", "g", "h", "i", "j"]]
