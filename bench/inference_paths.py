@@ -88,16 +88,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def batched(tokenizer: Any, forward: Forward) -> Predict:
-    """Classifier.predict_proba's loop (normalise, batches sorted by token count and capped at CPU_BATCH_TOKENS
-    padded tokens, dynamic padding) around `forward`."""
-    from components.predict import CPU_BATCH_TOKENS, token_batches
+    """Classifier.predict_proba's loop (normalise, batches sorted by token count, capped at CPU_BATCH_TOKENS
+    padded tokens and cut at CPU_FORWARD_TOKENS per pass, dynamic padding) around `forward`."""
+    from components.predict import CPU_BATCH_TOKENS, CPU_FORWARD_TOKENS, token_batches
     from components.text import normalise
 
     def predict(texts: list[str], batch_size: int) -> np.ndarray:
         cleaned = [normalise(text) for text in texts]
         lengths = [len(ids) for ids in tokenizer(cleaned, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
         out = np.zeros((len(cleaned), len(LABELS)), dtype=np.float64)
-        for index in token_batches(lengths, batch_size, CPU_BATCH_TOKENS):
+        for index in token_batches(lengths, batch_size, CPU_BATCH_TOKENS, CPU_FORWARD_TOKENS):
             batch = tokenizer([cleaned[i] for i in index], padding=True, truncation=True, max_length=MAX_LENGTH,
                               return_tensors="np")
             out[index] = softmax(forward(dict(batch)))

@@ -168,11 +168,12 @@ def test_linear_probe_score_separates_what_is_separable() -> None:
     assert good > 0.95 and bad < 0.6
 
 
-def test_token_batches_cut_by_count_and_padded_size() -> None:
+@pytest.mark.parametrize("forward_tokens", [0.0, 25.0])
+def test_token_batches_cut_by_count_and_padded_size(forward_tokens: float) -> None:
     from components.predict import token_batches
 
     lengths = [10, 3, 50, 3, 200, 20, 20, 20]
-    batches = token_batches(lengths, batch_size=3, max_batch_tokens=60)
+    batches = token_batches(lengths, batch_size=3, max_batch_tokens=60, forward_tokens=forward_tokens)
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))  # every item, once
     for batch in batches:
         longest = max(lengths[i] for i in batch)
@@ -180,6 +181,48 @@ def test_token_batches_cut_by_count_and_padded_size() -> None:
     flat = [lengths[i] for batch in batches for i in batch]
     assert flat == sorted(flat)  # shortest first
     assert [4] in batches  # longer than the whole budget: alone
+
+
+def _cut_cost(lengths: list[int], batches: list[list[int]], forward_tokens: float) -> float:
+    return sum(forward_tokens + len(batch) * max(lengths[i] for i in batch) for batch in batches)
+
+
+def test_token_batches_with_a_pass_cost_give_a_long_text_its_own_pass() -> None:
+    from components.predict import token_batches
+
+    lengths = [10] * 7 + [60]
+    # Filling: one batch of 8 padded to 60 (480 tokens). With a pass worth 100 tokens: 7 x 10 + 100, then 60 + 100.
+    assert token_batches(lengths, batch_size=32, max_batch_tokens=512) == [list(range(8))]
+    assert token_batches(lengths, batch_size=32, max_batch_tokens=512, forward_tokens=100) == [list(range(7)), [7]]
+
+
+def test_token_batches_with_a_pass_cost_find_the_cheapest_cuts() -> None:
+    """Against every way of cutting the sorted items into runs, for small random inputs."""
+    import itertools
+
+    from components.predict import token_batches
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        lengths = [int(n) for n in rng.integers(1, 80, size=int(rng.integers(1, 9)))]
+        batch_size, budget = int(rng.integers(1, 6)), int(rng.integers(40, 300))
+        forward_tokens = float(rng.integers(1, 150))
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
+        feasible = []
+        for cuts in itertools.product([False, True], repeat=len(order) - 1):
+            batches, current = [], [order[0]]
+            for index, cut in zip(order[1:], cuts, strict=True):
+                if cut:
+                    batches.append(current)
+                    current = []
+                current.append(index)
+            batches.append(current)
+            if all(len(b) <= batch_size and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget)
+                   for b in batches):
+                feasible.append(_cut_cost(lengths, batches, forward_tokens))
+        found = token_batches(lengths, batch_size, budget, forward_tokens)
+        assert sorted(i for batch in found for i in batch) == list(range(len(lengths)))
+        assert _cut_cost(lengths, found, forward_tokens) == pytest.approx(min(feasible))
 
 
 def test_ranked_labels_most_likely_first_with_ties_in_label_order() -> None:
