@@ -20,17 +20,17 @@ class ConfigError(Exception):
     """params.yaml is missing, malformed, or holds a key or value Tuneline does not accept."""
 
 
-class _Block(BaseModel):
+class Block(BaseModel):
+    """One block of params.yaml: an unknown key is an error, and the values cannot change once read."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataParams(_Block):
+class DataParams(Block):
     """Where the labelled data comes from and how it is split."""
 
-    modality: Literal["text", "image"] = "text"
+    modality: str = "text"  # a registered modality (components/modalities): its block of params.yaml applies
     path: str = BUILTIN
-    text_column: str = "text"
-    image_column: str = "image"  # image: the column of image paths (relative to the file) in a CSV/Parquet source
     label_column: str = "label"
     labels: list[str] | None = None
     delimiter: str | None = None
@@ -43,6 +43,15 @@ class DataParams(_Block):
     @property
     def is_builtin(self) -> bool:
         return self.path.strip() in ("", BUILTIN)
+
+    @field_validator("modality")
+    @classmethod
+    def _registered_modality(cls, value: str) -> str:
+        from components import modalities
+
+        if value not in modalities.names():
+            raise ValueError(f"unknown modality; the modalities are {modalities.names()}")
+        return value
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -86,34 +95,16 @@ class DataParams(_Block):
 Severity = Literal["error", "warning", "off"]
 
 
-class ImageParams(_Block):
-    """Image data (data.modality: image): what an image file may be, and the size the model sees."""
-
-    size: Annotated[int, Field(ge=8, le=1024)] = 64  # pixels per side the model sees (EfficientNet-Lite0: 224)
-    min_side: Annotated[int, Field(ge=1)] = 8  # a smaller width or height is refused
-    max_side: Annotated[int, Field(ge=1)] = 8192
-    max_pixels: Annotated[int, Field(ge=1)] = 40_000_000  # width x height; larger files are refused undecoded
-    max_file_bytes: Annotated[int, Field(ge=1)] = 50_000_000
-    channels: list[Literal[1, 2, 3, 4]] = [1, 3, 4]  # grey, RGB, RGBA (the alpha channel is dropped for the model)
-
-    @model_validator(mode="after")
-    def _sides_in_order(self) -> ImageParams:
-        if self.min_side > self.max_side:
-            raise ValueError(f"image.min_side ({self.min_side}) is above image.max_side ({self.max_side})")
-        return self
-
-
-class ValidateSeverity(_Block):
+class ValidateSeverity(BaseModel):
     """What each data check does when it fails: `error` stops the pipeline, `warning` reports and goes on, `off`
-    skips the check. The keys are the check names printed in validate's messages and report."""
+    skips the check. The keys are the check names printed in validate's messages and report: these, which hold for
+    every modality, and those each modality adds (components/modalities: its `checks`), read as attributes too."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    __pydantic_extra__: dict[str, Severity]
 
     missing_columns: Severity = "error"
     empty_split: Severity = "error"
-    null_text: Severity = "error"
-    blank_text: Severity = "error"
-    text_length: Severity = "error"
-    control_characters: Severity = "error"
-    invalid_utf8: Severity = "error"
     null_label: Severity = "error"
     unknown_label: Severity = "error"
     min_per_class: Severity = "error"
@@ -124,76 +115,55 @@ class ValidateSeverity(_Block):
     exact_duplicates: Severity = "warning"
     normalised_duplicates: Severity = "warning"
     conflicting_labels: Severity = "warning"
-    # images (data.modality: image)
-    unreadable_image: Severity = "error"  # not an image, a format outside the list, truncated, corrupt, too big
-    image_too_small: Severity = "error"  # a side under image.min_side
-    image_too_large: Severity = "error"  # a side over image.max_side
-    image_channels: Severity = "error"  # channels outside image.channels
 
     @model_validator(mode="before")
     @classmethod
     def _known_checks_and_yaml_off(cls, value: object) -> object:
+        from components import modalities
+
+        if value is None:
+            value = {}
         if not isinstance(value, dict):
             return value
-        unknown = sorted(str(key) for key in value if key not in cls.model_fields)
+        added = modalities.severities()
+        known = {*cls.model_fields, *added}
+        unknown = sorted(str(key) for key in value if key not in known)
         if unknown:
-            raise ValueError(f"unknown check(s) {unknown}; the checks are {sorted(cls.model_fields)}")
+            raise ValueError(f"unknown check(s) {unknown}; the checks are {sorted(known)}")
         # YAML 1.1 reads an unquoted `off` as false; that is what the user meant.
-        return {key: "off" if given is False else given for key, given in value.items()}
+        given = {key: "off" if setting is False else setting for key, setting in value.items()}
+        return {**added, **given}
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """Every check name: the general ones and every registered modality's."""
+        from components import modalities
+
+        return sorted({*cls.model_fields, *modalities.severities()})
 
 
-class ValidateParams(_Block):
+class ValidateParams(Block):
     """Thresholds of the data checks, and the severity of each check (error stops the pipeline)."""
 
-    min_text_length: Annotated[int, Field(ge=1)] = 1
-    max_text_length: Annotated[int, Field(ge=1)] = 20_000
     min_per_class: Annotated[int, Field(ge=1)] = 2
     max_imbalance_ratio: Annotated[float, Field(ge=1.0)] = 10.0
     max_failed_rows_shown: Annotated[int, Field(ge=1, le=100)] = 5
-    severity: ValidateSeverity = ValidateSeverity()
+    # a factory: building it asks the modality registry for their checks, which import this module
+    severity: ValidateSeverity = Field(default_factory=ValidateSeverity)
 
 
 Multiplier = Annotated[float, Field(ge=0.0, le=100.0)]
 
 
-class ImageAugmentParams(_Block):
-    """Perturbations of train images (data.modality image), each drawn with its probability (kornia)."""
-
-    p_flip: Probability = 0.0  # mirror left-right: 0.5 suits photos; a mirrored digit or letter changes meaning
-    p_crop: Probability = 0.5  # crop a random part (crop_scale of the area) and resize it back
-    crop_scale: Annotated[list[Annotated[float, Field(gt=0.0, le=1.0)]], Field(min_length=2, max_length=2)] = [
-        0.8, 1.0]
-    p_rotate: Probability = 0.3
-    max_degrees: Annotated[float, Field(ge=0.0, le=180.0)] = 10.0
-    p_color: Probability = 0.3  # brightness, contrast and saturation jitter
-    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
-    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
-    saturation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
-
-    @model_validator(mode="after")
-    def _scale_in_order(self) -> ImageAugmentParams:
-        if self.crop_scale[0] > self.crop_scale[1]:
-            raise ValueError(f"augment.image.crop_scale {self.crop_scale} must be [smaller, larger]")
-        return self
-
-
-class AugmentParams(_Block):
-    """Label-preserving augmentation of the train split: how many copies, and which perturbations make them."""
+class AugmentParams(Block):
+    """Label-preserving augmentation of the train split: how many copies of which rows. The perturbations that make
+    them are the modality's (text.augment, image.augment)."""
 
     enabled: bool = True
     copies_per_example: Multiplier = 0.5
     per_class: dict[str, Multiplier] = {}
     balance: bool = False
     max_copies_per_example: Multiplier = 4.0
-    p_synonym: Probability = 0.1
-    p_insert: Probability = 0.05
-    p_swap: Probability = 0.03
-    p_delete: Probability = 0.05
-    p_char: Probability = 0.02
-    synonym_top_k: Annotated[int, Field(ge=1, le=100)] = 5
-    synonym_min_similarity: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.4
-    synonym_max_label_shift: Probability = 0.2
-    image: ImageAugmentParams = ImageAugmentParams()
     seed: int = 13
 
     @field_validator("per_class", mode="before")
@@ -203,10 +173,6 @@ class AugmentParams(_Block):
         if isinstance(value, dict):
             return {str(int(k)) if isinstance(k, float) and k.is_integer() else str(k): v for k, v in value.items()}
         return {} if value is None else value
-
-    @property
-    def uses_synonyms(self) -> bool:
-        return self.p_synonym > 0 or self.p_insert > 0
 
     @model_validator(mode="after")
     def _multipliers_under_the_cap(self) -> AugmentParams:
@@ -220,7 +186,7 @@ class AugmentParams(_Block):
         return self
 
 
-class HeadParams(_Block):
+class HeadParams(Block):
     """The new classification head: one linear layer, or an MLP (hidden layers, activation, dropout) before it."""
 
     type: Literal["linear", "mlp"] = "linear"
@@ -235,7 +201,7 @@ class HeadParams(_Block):
         return self
 
 
-class LoraParams(_Block):
+class LoraParams(Block):
     """A LoRA adapter (peft) on the backbone's attention projections; merged into the weights for serving."""
 
     r: Annotated[int, Field(ge=1, le=1024)] = 8
@@ -251,13 +217,12 @@ class LoraParams(_Block):
         return value
 
 
-class ModelParams(_Block):
+class ModelParams(Block):
     """The pretrained backbone and the new classification head."""
 
     name_or_path: str = BUILTIN
     pretrained: bool = True  # images: false = the same architecture with random weights (what pretraining buys)
     candidates: list[str] = []  # several checkpoints: a linear probe ranks them on val macro-F1; the best trains
-    max_length: Annotated[int, Field(ge=8, le=4096)] = 128
     classifier_dropout: Probability = 0.1
     head: HeadParams = HeadParams()
     freeze_embeddings: bool = False
@@ -282,7 +247,7 @@ class ModelParams(_Block):
         return self
 
 
-class TrainParams(_Block):
+class TrainParams(Block):
     """Fine-tuning hyperparameters (transformers Trainer, AdamW)."""
 
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 5e-5
@@ -310,7 +275,7 @@ class TrainParams(_Block):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-class EvaluateParams(_Block):
+class EvaluateParams(Block):
     """The quality gate: floors a candidate must clear, and how it must compare with the champion."""
 
     min_macro_precision: Probability = 0.5
@@ -327,13 +292,13 @@ class EvaluateParams(_Block):
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
 
 
-class PackageParams(_Block):
+class PackageParams(Block):
     """How a model that passed the gate is stored in the BentoML model store."""
 
     model_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")] = "tuneline-text"
 
 
-class ServeParams(_Block):
+class ServeParams(Block):
     """The HTTP service."""
 
     host: str = "127.0.0.1"
@@ -361,7 +326,7 @@ class ServeParams(_Block):
         return host
 
 
-class ScheduleParams(_Block):
+class ScheduleParams(Block):
     """Scheduled retraining (flows/scheduled.py, `make schedule`): when it runs, where it pushes, whom it tells."""
 
     cron: str = "0 3 * * *"
@@ -410,7 +375,7 @@ class ScheduleParams(_Block):
         return value
 
 
-class PathsParams(_Block):
+class PathsParams(Block):
     """Every file the pipeline writes; dvc.yaml reads the same keys through ${paths.*}."""
 
     raw_dir: str = "data/raw"
@@ -437,12 +402,11 @@ class PathsParams(_Block):
     scratch: str = "metrics/scratch.json"  # images: `tuneline scratch`, the model against the same network untrained
 
 
-class Params(_Block):
-    """The whole of params.yaml."""
+class Params(Block):
+    """The whole of params.yaml: one block per stage, and one per modality (text, image, ...), named after it."""
 
     data: DataParams = DataParams()
-    image: ImageParams = ImageParams()
-    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    validate_: ValidateParams = Field(default_factory=ValidateParams, alias="validate")
     augment: AugmentParams = AugmentParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
@@ -452,11 +416,33 @@ class Params(_Block):
     schedule: ScheduleParams = ScheduleParams()
     paths: PathsParams = PathsParams()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # The modality blocks are extra keys, each checked by its modality's own model (components/modalities).
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
     @property
     def validate_params(self) -> ValidateParams:
         return self.validate_
+
+    def settings(self, modality: str) -> BaseModel:
+        """The block of params.yaml named after `modality` (its defaults when the file has none)."""
+        return (self.__pydantic_extra__ or {})[modality]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _modality_blocks(cls, raw: object) -> object:
+        # Every registered modality gets its block, checked by its own model; any other unknown key is an error.
+        if not isinstance(raw, dict):
+            return raw
+        from components import modalities
+
+        known = {*cls.model_fields, "validate"}
+        unknown = sorted(str(key) for key in raw if key not in known and key not in modalities.names())
+        if unknown:
+            raise ValueError(f"unknown block(s) {unknown}; the blocks are {sorted(known - {'validate_'})} and one per "
+                             f"modality {modalities.names()}")
+        blocks = {name: modalities.get(name).settings_type.model_validate(raw.get(name) or {})
+                  for name in modalities.names()}
+        return {**raw, **blocks}
 
     @model_validator(mode="after")
     def _accepted_inside_raw_dir(self) -> Params:
@@ -465,6 +451,52 @@ class Params(_Block):
             raise ValueError(f"paths.accepted ({self.paths.accepted}) must lie inside paths.raw_dir "
                              f"({self.paths.raw_dir}), the folder dvc.yaml's prepare stage watches")
         return self
+
+
+# Keys that moved into a modality's block (issue 16); an old params.yaml gets told where each went.
+MOVED = {
+    "data.text_column": "text.column",
+    "data.image_column": "image.column",
+    "validate.min_text_length": "text.min_chars",
+    "validate.max_text_length": "text.max_chars",
+    "model.max_length": "text.max_tokens",
+    "augment.image": "image.augment",
+    **{f"augment.{key}": f"text.augment.{key}" for key in (
+        "p_synonym", "p_insert", "p_swap", "p_delete", "p_char", "synonym_top_k", "synonym_min_similarity",
+        "synonym_max_label_shift")},
+}
+
+
+def _moved(raw: dict) -> tuple[dict, list[dict]]:
+    """raw without the keys that now live elsewhere, and one error per such key naming where it went."""
+    kept, errors = dict(raw), []
+    for old, new in MOVED.items():
+        block, key = old.split(".", 1)
+        if isinstance(kept.get(block), dict) and key in kept[block]:
+            kept[block] = {k: v for k, v in kept[block].items() if k != key}
+            errors.append({"type": "moved", "loc": (block, key), "msg": f"moved to {new}; move the setting there",
+                           "input": {}})
+    return kept, errors
+
+
+def _modality_errors(raw: dict) -> tuple[dict, list[dict]]:
+    """raw with each modality block replaced by its checked model, and the errors of those that failed (their
+    locations prefixed with the block's name) and of unknown blocks."""
+    from components import modalities
+
+    checked, errors = dict(raw), []
+    for key in [key for key in raw if key not in {*Params.model_fields, "validate", *modalities.names()}]:
+        errors.append({"type": "extra_forbidden", "loc": (key,), "msg": "unknown block", "input": raw[key]})
+        checked.pop(key)
+    for name in modalities.names():
+        if name not in raw:
+            continue
+        try:
+            checked[name] = modalities.get(name).settings_type.model_validate(raw[name] or {})
+        except ValidationError as exc:
+            errors += [{**error, "loc": (name, *error["loc"])} for error in exc.errors()]
+            checked.pop(name)
+    return checked, errors
 
 
 def _describe(error: dict) -> str:
@@ -483,11 +515,17 @@ def parse_params(raw: object, source: str = PARAMS_FILE) -> Params:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of blocks (data, train, ...), got {type(raw).__name__}")
+    raw, errors = _moved(raw)
+    checked, invalid = _modality_errors(raw)
+    errors += invalid
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(checked)
     except ValidationError as exc:
-        lines = "\n  ".join(_describe(err) for err in exc.errors())
-        raise ConfigError(f"{source} has {exc.error_count()} invalid setting(s):\n  {lines}") from None
+        errors = [*errors, *exc.errors()]
+    if errors:
+        lines = "\n  ".join(_describe(err) for err in errors)
+        raise ConfigError(f"{source} has {len(errors)} invalid setting(s):\n  {lines}") from None
+    return params
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

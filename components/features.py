@@ -1,143 +1,31 @@
 """The frozen-feature cache: when only the head trains, run the frozen backbone once per data version, keep what it
 feeds the head on disk, and train the head on that.
 
-A head-only epoch then costs a few matrix products instead of a forward and backward pass through the encoder.
-The cache key is a hash of the frozen weights and the token ids, so another model, tokenizer, max_length or data
-version gets its own entry and a stale one is never read.
+A head-only epoch then costs a few matrix products instead of a forward and backward pass through the backbone.
+Each modality computes its vectors (components/modalities: `head` and `features`); the key of a cache entry
+hashes the frozen weights and the inputs, so another model, input size or data version gets its own entry and a
+stale one is never read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from components.model import head_attribute
+if TYPE_CHECKING:
+    from components.modalities import Built, Modality
 
 log = logging.getLogger(__name__)
 
 
 class NotCacheable(Exception):
-    """This model's trainable part is more than a head fed by one vector per text; train it the ordinary way."""
+    """This model's trainable part is more than a head fed by one vector per item; train it the ordinary way."""
 
 
-def cacheable_head(model: Any) -> tuple[Any, Any]:
-    """(dropout, head): the modules that turn the frozen backbone's vector into logits, when every trainable
-    parameter is inside the head; raises NotCacheable otherwise (e.g. DistilBERT's trainable pre_classifier)."""
-    import torch
-
-    head = getattr(model, head_attribute(model))
-    head_ids = {id(p) for p in head.parameters()}
-    outside = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in head_ids]
-    if outside:
-        raise NotCacheable(f"{len(outside)} trainable tensors outside the head (e.g. {outside[0]})")
-    dropout = getattr(model, "dropout", None)
-    if not isinstance(dropout, torch.nn.Dropout):
-        dropout = torch.nn.Identity()
-    return dropout, head
-
-
-def head_inputs(model: Any, encoded: list[dict[str, Any]], pad_token_id: int, batch_size: int,
-                device: str) -> Any:
-    """What the head receives for each text (rows in input order), from one inference pass of the frozen model.
-
-    The pass runs in eval mode (no dropout) on batches of similar length. The head applied to these vectors is
-    checked against the model's own logits on the first batch, so a model that does more between backbone and head
-    raises NotCacheable instead of training on the wrong inputs.
-    """
-    _, head = cacheable_head(model)
-    captured: list[Any] = []
-    hook = head.register_forward_pre_hook(lambda _module, args: captured.append(args[0].detach()))
-
-    def vectors(ids: Any, mask: Any, first: bool) -> Any:
-        captured.clear()
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        if len(captured) != 1 or captured[0].dim() != 2:
-            raise NotCacheable("the head does not receive one vector per text")
-        if first and not _close(head(captured[0]), logits):
-            raise NotCacheable("the head's input alone does not reproduce the model's logits")
-        return captured[0]
-
-    try:
-        return _each_text(model, encoded, pad_token_id, batch_size, device, vectors)
-    finally:
-        hook.remove()
-
-
-def mean_pooled(model: Any, encoded: list[dict[str, Any]], pad_token_id: int, batch_size: int, device: str) -> Any:
-    """The backbone's last hidden states averaged over each text's real tokens: the usual embedding for a linear
-    probe of any encoder, whatever head its architecture puts on top."""
-
-    def vectors(ids: Any, mask: Any, first: bool) -> Any:
-        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-
-    return _each_text(model, encoded, pad_token_id, batch_size, device, vectors)
-
-
-def _close(a: Any, b: Any) -> bool:
-    import torch
-
-    return bool(torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-3))
-
-
-def _each_text(model: Any, encoded: list[dict[str, Any]], pad_token_id: int, batch_size: int, device: str,
-               vectors: Any) -> Any:
-    """vectors(ids, mask, first_batch) for every text, run in eval mode on length-sorted batches; rows in input
-    order, float32 on the CPU."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    lengths = np.array([len(item["input_ids"]) for item in encoded])
-    order = np.argsort(lengths, kind="stable")
-    out: Any = None
-    try:
-        with torch.no_grad():  # not inference_mode: the features become training inputs
-            for start in range(0, len(order), batch_size):
-                index = order[start : start + batch_size]
-                width = int(lengths[index].max())
-                ids = torch.full((len(index), width), pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(index), width), dtype=torch.long)
-                for row, i in enumerate(index):
-                    n = int(lengths[i])
-                    ids[row, :n] = torch.tensor(encoded[i]["input_ids"])
-                    mask[row, :n] = 1
-                batch = vectors(ids.to(device), mask.to(device), start == 0).float().cpu()
-                if out is None:
-                    out = torch.zeros((len(encoded), batch.shape[1]), dtype=torch.float32)
-                out[torch.as_tensor(index)] = batch
-    finally:
-        model.train(was_training)
-    return out
-
-
-def cache_key(model: Any, encoded: list[dict[str, Any]], kind: str = "head") -> str:
-    """A hash of the kind of vector, the frozen weights (everything but the head) and the token ids: one entry per
-    model + data."""
-    digest = hashlib.sha256(kind.encode())
-    _add_weights(digest, model, skip=head_attribute(model) + ".")
-    for item in encoded:
-        digest.update(np.asarray(item["input_ids"], dtype=np.int64).tobytes())
-        digest.update(b"|")
-    return digest.hexdigest()[:24]
-
-
-def cached_vectors(model: Any, encoded: list[dict[str, Any]], pad_token_id: int, batch_size: int, device: str,
-                   cache_dir: str | Path | None, kind: str = "head") -> tuple[Any, bool]:
-    """head_inputs (kind "head") or mean_pooled (kind "mean"), read from cache_dir when this model + data was seen
-    before; (vectors, was_cached)."""
-    compute = head_inputs if kind == "head" else mean_pooled
-    path = Path(cache_dir) / f"{cache_key(model, encoded, kind)}.safetensors" if cache_dir is not None else None
-    return _read_or_compute(path, len(encoded), lambda: compute(model, encoded, pad_token_id, batch_size, device))
-
-
-def _add_weights(digest: Any, module: Any, skip: str | None = None) -> None:
+def add_weights(digest: Any, module: Any, skip: str | None = None) -> None:
     """Hash every tensor of module's state (weights and buffers) by name, but those whose name starts with skip."""
     import torch
 
@@ -147,7 +35,12 @@ def _add_weights(digest: Any, module: Any, skip: str | None = None) -> None:
             digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
 
 
-def _read_or_compute(path: Path | None, rows: int, compute: Any) -> tuple[Any, bool]:
+def entry(cache_dir: str | Path | None, digest: Any) -> Path | None:
+    """The cache file for a finished digest (None = no cache)."""
+    return Path(cache_dir) / f"{digest.hexdigest()[:24]}.safetensors" if cache_dir is not None else None
+
+
+def read_or_compute(path: Path | None, rows: int, compute: Any) -> tuple[Any, bool]:
     """The features cached at path (when it holds `rows` rows), or compute() written there; (features, was_cached).
     path None = no cache."""
     from safetensors.torch import load_file, save_file
@@ -163,39 +56,6 @@ def _read_or_compute(path: Path | None, rows: int, compute: Any) -> tuple[Any, b
         save_file({"features": features.contiguous()}, str(partial))
         partial.replace(path)  # atomic: a run killed mid-write leaves no half-written entry
     return features, False
-
-
-def cached_image_features(backbone: Any, pixels: list[Any], keys: list[str], batch_size: int, device: str,
-                          cache_dir: str | Path | None) -> tuple[Any, bool]:
-    """The frozen image backbone's pooled features for every image (rows in input order, float32 on the CPU), read
-    from cache_dir when this backbone and these images were seen before; (features, was_cached).
-
-    The key hashes the backbone's weights and buffers (batch-norm statistics included), the input size and each
-    image's content hash (`keys`), so other weights, another image.size or another data version get their own entry.
-    """
-    import torch
-
-    path = None
-    if cache_dir is not None:
-        digest = hashlib.sha256(b"image")
-        _add_weights(digest, backbone)
-        digest.update(str(tuple(pixels[0].shape) if pixels else ()).encode())
-        for key in keys:
-            digest.update(key.encode() + b"|")
-        path = Path(cache_dir) / f"{digest.hexdigest()[:24]}.safetensors"
-
-    def compute() -> Any:
-        was_training = backbone.training
-        backbone.eval()  # frozen: ImageNet's batch-norm statistics, as the full model uses them in training
-        try:
-            with torch.no_grad():
-                chunks = [backbone(torch.stack(pixels[start:start + batch_size]).to(device)).float().cpu()
-                          for start in range(0, len(pixels), batch_size)]
-        finally:
-            backbone.train(was_training)
-        return torch.cat(chunks) if chunks else torch.zeros((0, 0))
-
-    return _read_or_compute(path, len(pixels), compute)
 
 
 def head_only(dropout: Any, head: Any) -> Any:
@@ -230,3 +90,34 @@ class FeatureRows:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {"features": self.features[index], "labels": self.labels[index]}
+
+
+def labels_of(dataset: Any) -> list[int]:
+    """The label id of every item of a training dataset."""
+    return [int(dataset[index]["labels"]) for index in range(len(dataset))]
+
+
+def on_cached_features(modality: Modality, built: Built, train_set: Any, val_set: Any | None, batch_size: int,
+                       device: str, cache_dir: Path | None) -> tuple[Any, Any, Any | None, float]:
+    """model.freeze_backbone with train.feature_cache: the frozen backbone runs once per data version (its vectors
+    kept in cache_dir), and Trainer trains the head alone on them.
+
+    Returns:
+        (the head as a trainable module, train rows, val rows or None, seconds spent on the features)
+
+    Raises:
+        NotCacheable: the modality's model has no head fed by one frozen vector per item.
+    """
+    started = time.perf_counter()
+    dropout, head = modality.head(built)
+    built.model.to(device)
+    train_features, hit = modality.features(built, train_set, batch_size, device, cache_dir)
+    train_data = FeatureRows(train_features, labels_of(train_set))
+    val_data = None
+    if val_set is not None:
+        val_features, _ = modality.features(built, val_set, batch_size, device, cache_dir)
+        val_data = FeatureRows(val_features, labels_of(val_set))
+    seconds = time.perf_counter() - started
+    log.info("feature cache: %s frozen-backbone features for %d train %s in %.1f s; the head trains on them",
+             "read" if hit else "computed", len(train_set), modality.items, seconds)
+    return head_only(dropout, head), train_data, val_data, seconds

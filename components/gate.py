@@ -21,15 +21,17 @@ class GateCheck:
 
 
 def check_gates(model: dict[str, Any], baseline: dict[str, Any], params: EvaluateParams,
-                training: dict[str, float] | None = None) -> list[GateCheck]:
+                training: dict[str, float] | None = None, baseline_name: str = "TF-IDF baseline") -> list[GateCheck]:
     """Every gate condition for a candidate, passed or not.
 
     Args:
         model: the candidate's test metrics ({"macro": {"precision", "recall", "f1"}, "per_class": {label:
             {"recall", "support"}}, "prediction_share": {label: share}}; the last two are optional).
-        baseline: the TF-IDF + logistic regression baseline's test metrics, same shape, same test split.
+        baseline: the modality's simple baseline's test metrics (TF-IDF + logistic regression for texts), same
+            shape, same test split.
         params: the floors.
         training: {"val_loss", "chance_loss"} from training, for the collapse check on the loss (optional).
+        baseline_name: what the baseline is, as the condition names it.
 
     Returns:
         One GateCheck per condition; the candidate passes when all of them pass.
@@ -53,7 +55,7 @@ def check_gates(model: dict[str, Any], baseline: dict[str, Any], params: Evaluat
     passed = margin > required
     checks.append(
         GateCheck(
-            condition="macro f1 margin over the TF-IDF baseline",
+            condition=f"macro f1 margin over the {baseline_name}",
             value=round(margin, 6),
             threshold=required,
             passed=passed,

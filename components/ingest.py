@@ -1,11 +1,13 @@
 """Take the labelled files dropped into paths.incoming: validate each alone, keep the new rows of the good ones, set
 the bad ones aside with their report.
 
-A file is read as prepare reads data.path (CSV/TSV, JSON Lines or Parquet, data.text_column and data.label_column)
-and checked by validate's own Great Expectations suite and duplicate checks, at validate.severity's severities. The
-checks that judge a whole data set (class counts, imbalance, leakage between splits) wait for the validate stage.
+A file is read as prepare reads data.path (CSV/TSV, JSON Lines or Parquet, the modality's column and
+data.label_column) and checked by validate's own Great Expectations suite and duplicate checks, at
+validate.severity's severities. The checks that judge a whole data set (class counts, imbalance, leakage between
+splits) wait for the validate stage. Only a modality that keeps incoming rows (its incoming_columns: texts do) takes
+files; for the others they stay where they are, and the run says so.
 
-- A good file: its rows whose text (by dedup_key) is not in the data set yet are written to
+- A good file: its rows whose item (by the modality's item_key) is not in the data set yet are written to
   paths.accepted/<UTC time>-<n>-<name>.parquet, where prepare appends them; the file itself moves to
   paths.incoming/.taken/.
 - A bad file (unreadable, or an error check failed): it moves to paths.quarantine/<UTC time>-<name>, beside
@@ -29,8 +31,9 @@ from typing import Any
 import pandas as pd
 
 from components.config import Params
-from components.io import LABELS_FILE, read_json, write_json
-from components.prepare import NOISE, Loaded, accepted_files, load, read_source, summarise, to_frame
+from components.io import LABELS_FILE, read_json, write_json, write_text
+from components.modalities import Modality
+from components.prepare import NOISE, accepted_files, summarise
 from components.stage import StageError
 
 log = logging.getLogger(__name__)
@@ -96,38 +99,38 @@ def current_labels(params: Params) -> list[str] | None:
     return list(read_json(labels_file)) if labels_file.is_file() else None
 
 
-def known_keys(params: Params) -> set[str]:
-    """The dedup keys of every text in the data set now: the source (all of it) and the accepted files."""
-    from components.validate import dedup_keys
+def known_keys(params: Params, modality: Modality) -> set[str]:
+    """The item keys of every row in the data set now: the source (all of it) and the accepted files."""
+    import tempfile
 
-    frames = [load(params.data).frame["text"]]
-    frames += [to_frame(read_source(path, ("text", "label"))).text for path in accepted_files(params.paths.accepted)]
-    texts = pd.concat(frames, ignore_index=True).dropna()
-    return set(dedup_keys(texts).dropna())
+    with tempfile.TemporaryDirectory(prefix="tuneline-ingest-") as work:
+        frames = [modality.read(params.data, Path(work)).frame]
+    frames += [modality.read_table(path, modality.incoming_columns, params.data, f"accepted file {str(path)!r}").frame
+               for path in accepted_files(params.paths.accepted)]
+    return set(modality.item_key(pd.concat(frames, ignore_index=True)).dropna())
 
 
-def check_file(path: Path, params: Params, labels: list[str] | None) -> tuple[pd.DataFrame, Any]:
+def check_file(path: Path, params: Params, labels: list[str] | None, modality: Modality) -> tuple[pd.DataFrame, Any]:
     """Read one incoming file and validate it alone.
 
     Returns:
-        The rows (text, label, source_row, line; text normalised as prepare does) and validate's ValidateResult.
+        The rows (the modality's columns, label, source_row, line; cleaned as prepare cleans them) and validate's
+        ValidateResult.
 
     Raises:
         StageError: the file cannot be read at all (its message names the file, the problem and the fix).
     """
     from components.validate import validate
 
-    data = params.data
-    table = read_source(path, (data.text_column, data.label_column), data.delimiter, data.encoding,
-                        name=f"incoming file {path.name!r}")
-    frame = to_frame(table)
-    summary = summarise(Loaded(frame=frame, source=str(path), format=table.format, rows_read=table.rows_read,
-                               malformed=table.malformed), frame)
-    frame = frame.drop(columns=NOISE)
+    loaded = modality.read_table(path, (modality.source_column, params.data.label_column), params.data,
+                                 f"incoming file {path.name!r}")
+    frame = loaded.frame
+    summary = summarise(loaded, frame, modality)
+    frame = frame.drop(columns=NOISE, errors="ignore")
     severity = params.validate_params.severity.model_copy(update=dict.fromkeys(DATA_SET_CHECKS, "off"))
     checks = params.validate_params.model_copy(update={"severity": severity})
     found = sorted(frame["label"].dropna().unique().tolist())
-    return frame, validate({"incoming": frame}, labels if labels is not None else found, checks, summary)
+    return frame, validate({"incoming": frame}, labels if labels is not None else found, checks, modality, summary)
 
 
 def _stamp(now: datetime.datetime) -> str:
@@ -140,7 +143,7 @@ def _safe(name: str) -> str:
 
 def quarantine(path: Path, folder: Path, stamp: str, reason: str, report: dict[str, Any] | None) -> Quarantined:
     """Move `path` into `folder` beside a JSON (and, with a validation report, HTML) report saying why."""
-    from components.validate import render_html
+    from components.validation_report import render_html
 
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{stamp}-{_safe(path.name)}"
@@ -148,7 +151,7 @@ def quarantine(path: Path, folder: Path, stamp: str, reason: str, report: dict[s
     write_json(report_path, {"file": path.name, "quarantined": stamp, "reason": reason, "validation": report,
                              "fix": "correct the file and drop it into the incoming folder again"})
     if report is not None:
-        target.with_name(target.name + ".report.html").write_text(render_html(report), encoding="utf-8")
+        write_text(target.with_name(target.name + ".report.html"), render_html(report))
     shutil.move(path, target)
     log.warning("quarantined %s: %s (report: %s)", path.name, reason, report_path)
     return Quarantined(file=path.name, moved_to=str(target), report=str(report_path), reason=reason)
@@ -160,21 +163,26 @@ def ingest(params: Params, now: datetime.datetime | None = None) -> IngestResult
     Returns:
         The files taken (with their new-row counts) and the files quarantined (with their reasons).
     """
-    from components.validate import dedup_keys
+    from components import modalities
 
     now = now or datetime.datetime.now(datetime.UTC)
     files = incoming_files(params.paths.incoming)
+    modality = modalities.for_params(params)
+    if files and not modality.incoming_columns:
+        log.warning("%d file(s) wait in %s, but %s data takes no incoming files yet; they stay there",
+                    len(files), params.paths.incoming, modality.name)
+        return IngestResult(taken=[], quarantined=[])
     if not files:
         return IngestResult(taken=[], quarantined=[])
     labels = current_labels(params)
-    keys = known_keys(params)
+    keys = known_keys(params, modality)
     accepted, taken_dir = Path(params.paths.accepted), Path(params.paths.incoming) / TAKEN_DIR
     taken: list[Taken] = []
     quarantined: list[Quarantined] = []
     for index, path in enumerate(files):
         stamp = f"{_stamp(now)}-{index:03d}"
         try:
-            frame, result = check_file(path, params, labels)
+            frame, result = check_file(path, params, labels, modality)
         except StageError as exc:
             quarantined.append(quarantine(path, Path(params.paths.quarantine), stamp, str(exc), None))
             continue
@@ -182,14 +190,14 @@ def ingest(params: Params, now: datetime.datetime | None = None) -> IngestResult
             reason = f"failed {len(result.failures)} validation check(s): " + "; ".join(result.failures)
             quarantined.append(quarantine(path, Path(params.paths.quarantine), stamp, reason, result.report))
             continue
-        file_keys = dedup_keys(frame["text"])
+        file_keys = modality.item_key(frame)
         new = ~file_keys.isin(keys) & ~file_keys.duplicated() & file_keys.notna()
         written = None
         if new.any():
             accepted.mkdir(parents=True, exist_ok=True)
             target = accepted / f"{stamp}-{_safe(Path(path.name).stem)}.parquet"
             partial = target.with_name(f".{target.name}.partial")
-            frame.loc[new, ["text", "label"]].reset_index(drop=True).to_parquet(partial, index=False)
+            frame.loc[new, list(modality.incoming_columns)].reset_index(drop=True).to_parquet(partial, index=False)
             partial.replace(target)
             keys.update(file_keys[new])
             written = str(target)

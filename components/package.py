@@ -115,10 +115,12 @@ def model_card(tag: str, record: dict[str, Any]) -> str:
         low_high = intervals.get(key)
         return f" [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else ""
 
+    kind = provenance.get("modality", "text")
+    baseline_name = metrics.get("baseline_name", "TF-IDF baseline")
     lines = [
         f"# Model card: {tag}",
         "",
-        f"- Task: text classification into {', '.join(provenance['labels'])}",
+        f"- Task: {kind} classification into {', '.join(provenance['labels'])}",
         f"- Base model: {provenance['base_model']}",
         f"- Code revision: {provenance['code_revision']}",
         "- Data version (DVC md5): " + (", ".join(f"{k} {v}" for k, v in provenance["data_version"].items())
@@ -127,7 +129,7 @@ def model_card(tag: str, record: dict[str, Any]) -> str:
         "",
         f"## Test metrics ({metrics['test_rows']} rows; 95% bootstrap intervals)",
         "",
-        "| | model | TF-IDF baseline |",
+        f"| | model | {baseline_name} |",
         "|---|---|---|",
         f"| accuracy | {model['accuracy']:.4f}{ci('accuracy')} | {baseline['accuracy']:.4f} |",
         f"| macro precision | {model['macro']['precision']:.4f}{ci('macro_precision')} | "
@@ -149,8 +151,8 @@ def model_card(tag: str, record: dict[str, Any]) -> str:
         "",
         *[f"- [{'x' if check['passed'] else ' '}] {check['message']}" for check in verdict.get("checks", [])],
         "",
-        "Intended use: the labels above, on text like the training data. The test split is small, so figures carry "
-        "the intervals shown; check them before relying on a difference.",
+        f"Intended use: the labels above, on {kind} data like the training data. The test split is small, so figures "
+        "carry the intervals shown; check them before relying on a difference.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -186,6 +188,7 @@ def run(params: Params, model_dir: str | Path, metrics_path: str | Path, verdict
     metrics = read_json(metrics_path)
     meta = read_meta(model_dir)
     provenance = {
+        "modality": meta.get("modality", "text"),
         "base_model": meta["base_model"],
         "labels": meta["labels"],
         "code_revision": code_revision(),

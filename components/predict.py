@@ -1,35 +1,38 @@
-"""Load a trained classifier folder and predict label probabilities; shared by evaluate, serving and the CLI."""
+"""What every trained classifier offers, whatever its modality (components/modalities load them): probabilities
+for a batch of inputs, turned into labels and top-k lists the same way for evaluate, serving and the CLI."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from components.text import normalise
-
-META_FILE = "tuneline.json"
-# Padded tokens per forward pass on the CPU. Measured on 2 cores (MiniLM, random batches of 32 review snippets):
-# 74 texts/s padded to each batch's longest, 169 texts/s cut into batches of <= 512 tokens; a GPU gets no cap.
-CPU_BATCH_TOKENS = 512
-# What one more forward pass costs on the CPU, in padded tokens: measured on 2 cores, a pass took about 5.5 ms plus
-# 0.13 ms per padded token (MiniLM, shapes from 1 x 8 to 32 x 16), so a few more tokens of padding can be cheaper than
-# another pass. Cutting each call's texts with this cost (token_batches) instead of filling batches up to the cap
-# raised texts/s on calls of 28 random review snippets by about 4% (163-169 -> 169-176), length-sorted ones by ~1%;
-# 80 and 150 did the same.
-CPU_FORWARD_TOKENS = 100.0
+from components.io import META_FILE
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """One text's top label and the probability of every label."""
+    """One item's top label and the probability of every label."""
 
     label: str
     probability: float
     probabilities: dict[str, float]
+
+
+class Predictor(Protocol):
+    """A trained model folder loaded for inference (text's Classifier, image's ImagePredictor, ...)."""
+
+    labels: list[str]
+    device: str
+
+    def predict_proba(self, items: list[Any], batch_size: int = 32) -> np.ndarray:
+        """Probabilities of shape (len(items), len(labels)), rows in input order, each summing to 1."""
+
+    def predict(self, items: list[Any], batch_size: int = 32) -> list[Prediction]:
+        """The top label, its probability and every label's probability, for each item."""
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -41,114 +44,6 @@ def pick_device(requested: str = "auto") -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
-
-
-class Classifier:
-    """A fine-tuned sequence classifier with its tokenizer and label list, ready for batched inference."""
-
-    def __init__(self, model: Any, tokenizer: Any, labels: list[str], max_length: int, device: str) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.labels = labels
-        self.max_length = max_length
-        self.device = device
-
-    @classmethod
-    def load(cls, model_dir: str | Path, device: str = "auto") -> Classifier:
-        """Load a folder written by the train stage (weights as safetensors, tokenizer, tuneline.json)."""
-        import torch
-        from transformers import AutoTokenizer
-
-        from components.model import load_trained
-
-        model_dir = Path(model_dir)
-        meta = read_meta(model_dir)
-        if meta.get("modality") == "image":  # same interface, images in (components/vision.py)
-            from components.vision import ImagePredictor
-
-            return ImagePredictor.load(model_dir, device)
-        device = pick_device(device)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = load_trained(model_dir, meta.get("model", {}))
-        if device == "cuda" and torch.cuda.is_bf16_supported():
-            model = model.to(torch.bfloat16)
-        model.to(device).eval()
-        return cls(model, tokenizer, list(meta["labels"]), int(meta["max_length"]), device)
-
-    def predict_proba(self, texts: list[str], batch_size: int = 32, max_batch_tokens: int | None = None) -> np.ndarray:
-        """Probabilities of shape (len(texts), len(labels)), rows in input order, each summing to 1.
-
-        Texts are normalised as in training and tokenised once; then they run shortest first, in batches of at most
-        `batch_size` texts whose padded size (texts x longest) stays within `max_batch_tokens`, so little compute
-        goes to padding. None: CPU_BATCH_TOKENS on the CPU, no token cap on a GPU (where wide batches are cheap).
-        On the CPU the cuts weigh padding against the cost of one more pass (CPU_FORWARD_TOKENS).
-        """
-        import torch
-
-        forward_tokens = CPU_FORWARD_TOKENS if self.device == "cpu" else 0.0
-        if max_batch_tokens is None:
-            max_batch_tokens = CPU_BATCH_TOKENS if self.device == "cpu" else batch_size * self.max_length
-        encoded = self.tokenizer([normalise(text) for text in texts], truncation=True, max_length=self.max_length)
-        lengths = [len(ids) for ids in encoded["input_ids"]]
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
-        with torch.inference_mode():
-            for index in token_batches(lengths, batch_size, max_batch_tokens, forward_tokens):
-                batch = self.tokenizer.pad({key: [values[i] for i in index] for key, values in encoded.items()},
-                                           return_tensors="pt").to(self.device)
-                logits = self.model(**batch).logits.float()
-                out[index] = torch.softmax(logits, dim=-1).cpu().numpy()
-        return out
-
-    def predict(self, texts: list[str], batch_size: int = 32) -> list[Prediction]:
-        """The top label, its probability and every label's probability, for each text."""
-        return to_predictions(self.predict_proba(texts, batch_size), self.labels)
-
-
-def token_batches(lengths: list[int], batch_size: int, max_batch_tokens: int,
-                  forward_tokens: float = 0.0) -> list[list[int]]:
-    """Indices into `lengths`, shortest first, cut into batches of at most `batch_size` items whose padded size
-    (items x the longest) is at most `max_batch_tokens`; an item longer than the budget gets a batch of its own.
-
-    forward_tokens 0: each batch filled up to those limits. Above 0: the cuts that make the least total of padded
-    tokens plus `forward_tokens` per batch (the cost of one more forward pass, in tokens), found exactly by dynamic
-    programming over the sorted lengths: a long text no longer pads a batch of short ones when a pass of its own is
-    cheaper.
-    """
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    if forward_tokens > 0:
-        return _cheapest_cuts([lengths[i] for i in order], order, batch_size, max_batch_tokens, forward_tokens)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        if current and (len(current) == batch_size or (len(current) + 1) * lengths[i] > max_batch_tokens):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _cheapest_cuts(sorted_lengths: list[int], order: list[int], batch_size: int, max_batch_tokens: int,
-                   forward_tokens: float) -> list[list[int]]:
-    """token_batches' exact cuts: best[end] is the least cost of the first `end` sorted items; a batch ending at
-    `end` is padded to sorted_lengths[end - 1]."""
-    best = [0.0] + [float("inf")] * len(order)
-    start_of = [0] * (len(order) + 1)
-    for end in range(1, len(order) + 1):
-        longest = sorted_lengths[end - 1]
-        for start in range(end - 1, max(end - batch_size, 0) - 1, -1):
-            rows = end - start
-            if rows > 1 and rows * longest > max_batch_tokens:
-                break  # more rows only add padded tokens
-            cost = best[start] + forward_tokens + rows * longest
-            if cost < best[end]:
-                best[end], start_of[end] = cost, start
-    batches, end = [], len(order)
-    while end > 0:
-        batches.append(order[start_of[end]:end])
-        end = start_of[end]
-    return batches[::-1]
 
 
 def ranked_labels(row: np.ndarray, labels: list[str], k: int) -> list[tuple[str, float]]:

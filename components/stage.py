@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from components import modalities
 from components.config import ConfigError, Params, load_params
 from components.env import configure_environment
 
@@ -30,6 +31,8 @@ def stage_main(name: str, run: Callable[[Params], R]) -> R:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     try:
         params = load_params()
+        # what the modality cannot do is refused here, before any stage starts work on it
+        modalities.for_params(params).check_options(params)
         return run(params)
     except (ConfigError, StageError) as exc:
         print(f"\n{name} stopped: {exc}\n", file=sys.stderr)

@@ -75,7 +75,7 @@ def publish_validation(root: Path, report_path: str) -> dict[str, Any]:
     Returns:
         {"validation": {"success", "results"}} from the report, or {} when there is no report yet.
     """
-    from components.validate import render_markdown
+    from components.validation_report import render_markdown
 
     if not (root / report_path).is_file():
         return {}

@@ -31,10 +31,10 @@ from fastapi import FastAPI
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
+from components import modalities
 from components.config import PARAMS_FILE, load_params
 from components.predict import ranked_labels
 from components.registry import champion
-from components.text import normalise
 from serving import timeout_fix
 from serving.batching import GreedyBatcher
 
@@ -43,8 +43,8 @@ timeout_fix.patch()  # BentoML's request timeout kept every request alive for 60
 MODEL_TAG_ENV = "TUNELINE_MODEL_TAG"
 PARAMS_ENV = "TUNELINE_PARAMS"
 API_KEY_ENV = "TUNELINE_API_KEY"
-CLASSIFY_ROUTE = "/classify"
-CLASSIFY_IMAGE_ROUTE = "/classify_image"
+CLASSIFY_ROUTE = modalities.get("text").route  # each modality names the route that takes its items
+CLASSIFY_IMAGE_ROUTE = modalities.get("image").route
 MODEL_ROUTE = "/model"
 
 # BentoML reads the limits, the request schema and the model reference when the class is defined, so the params load
@@ -54,11 +54,13 @@ _params = load_params(os.environ.get(PARAMS_ENV) or Path(__file__).resolve().par
 _serve = _params.serve
 
 
+_TEXTS = modalities.get("text")()  # /classify's items, checked as the text modality checks a request's texts
+
+
 def _not_blank(text: str) -> str:
-    """Refuse a text that normalisation (as in training) leaves empty: there is nothing to classify."""
-    if not normalise(text):
-        raise ValueError("the text is empty or only whitespace and control characters; send some words")
-    return text
+    """Refuse a text that normalisation (as in training) leaves empty, as the text modality refuses it: there is
+    nothing to classify."""
+    return _TEXTS.decode_request(text)
 
 
 class ClassifyRequest(BaseModel):
@@ -77,27 +79,6 @@ class ClassifyRequest(BaseModel):
     top_k: Annotated[int | None, Field(ge=1, description=(
         f"labels to return per text, most likely first (default {_serve.top_k}; more than the model has = all)"
     ))] = None
-
-
-def _image_bytes(encoded: str) -> bytes:
-    """A base64 image decoded and checked as training checked its images: a readable image within image.* limits."""
-    import base64
-    import binascii
-
-    from components.images import inspect_image, limit_problem
-
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("is not base64 (standard alphabet, with padding); encode the file's bytes") from None
-    limits = _params.image
-    if len(data) > limits.max_file_bytes:
-        raise ValueError(f"is {len(data):,} bytes, over image.max_file_bytes ({limits.max_file_bytes:,})")
-    info = inspect_image(data, max_pixels=limits.max_pixels)
-    problem = info.problem or limit_problem(info, limits)
-    if problem is not None:
-        raise ValueError(problem)
-    return data
 
 
 class ClassifyImageRequest(BaseModel):
@@ -346,8 +327,6 @@ class TunelineService:
     def __init__(self) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from components.predict import Classifier
-
         reference = _model_tag()
         stored = bentoml.models.BentoModel(reference).stored
         if stored is None:
@@ -357,10 +336,9 @@ class TunelineService:
                 f"point BENTOML_HOME at the store that holds it, or set {MODEL_TAG_ENV} to a stored tag"
             )
         self.model_tag = str(stored.tag)  # name:latest resolved, so answers name the exact model
-        self.classifier = Classifier.load(stored.path)
-        from components.vision import ImagePredictor
-
-        self.modality = "image" if isinstance(self.classifier, ImagePredictor) else "text"
+        # what the stored model classifies (its tuneline.json), with the params' block for it (request limits)
+        self.modality = modalities.for_model(stored.path, _params)
+        self.classifier = self.modality.load_predictor(Path(stored.path))
         self.info = _model_info(self.model_tag, stored, self.classifier)
         # One forward pass at a time (two at once would only split the same cores between them), always in the same
         # thread: torch keeps per-thread state (the OpenMP team on a CPU, the cuBLAS handle on a GPU) warm there.
@@ -376,7 +354,7 @@ class TunelineService:
                                           gather=_serve.batch_gather, full_texts=_serve.max_batch_size)
         # A first forward pass, in the model thread, before the server reports ready: its one-off set-up (lazy
         # imports, the thread team, kernel choices) is not a user's request's to wait for.
-        self._model_thread.submit(self.classifier.predict_proba, [_warm_up_input(self.modality, self.classifier)],
+        self._model_thread.submit(self.classifier.predict_proba, [self.modality.warm_up_input(self.classifier)],
                                   1).result()
         # torch, transformers and the model leave millions of long-lived objects behind, and each full collection of
         # the garbage collector walks them all: measured, 100-280 ms pauses that stall whichever requests are in
@@ -415,12 +393,7 @@ class TunelineService:
 
         Each text gets its most likely label and probability, and the `top_k` most likely labels with theirs.
         """
-        if self.modality != "text":
-            from bentoml.exceptions import BadInput
-
-            raise BadInput(f"{self.model_tag} classifies images: POST them to {CLASSIFY_IMAGE_ROUTE} as "
-                           '{"images": ["<base64 file>", ...]}')
-        return self._answer(await self._probabilities(texts), top_k)
+        return await self._classify(CLASSIFY_ROUTE, texts, top_k)
 
     @bentoml.api(route=CLASSIFY_IMAGE_ROUTE, input_spec=ClassifyImageRequest, output_spec=ClassifyResponse)
     async def classify_image(self, images: list[str], top_k: int | None = None) -> ClassifyResponse:
@@ -429,17 +402,23 @@ class TunelineService:
         Each image is a base64-encoded file, checked as training data is (readable, within image.* size, pixel and
         channel limits); a bad one gets a 400 naming its position and problem.
         """
+        return await self._classify(CLASSIFY_IMAGE_ROUTE, images, top_k)
+
+    async def _classify(self, route: str, items: list[Any], top_k: int | None) -> ClassifyResponse:
+        """The answer of a route: refused when the served model takes its items at another route, each item decoded
+        by the model's modality (a 400 naming the bad one), then batched and ranked."""
         from bentoml.exceptions import BadInput
 
-        if self.modality != "image":
-            raise BadInput(f"{self.model_tag} classifies texts: POST them to {CLASSIFY_ROUTE} as "
-                           '{"texts": ["...", ...]}')
+        modality = self.modality
+        if route != modality.route:
+            raise BadInput(f"{self.model_tag} classifies {modality.items}: POST them to {modality.route} as "
+                           f"{modality.request_example}")
         decoded = []
-        for index, encoded in enumerate(images):
+        for index, item in enumerate(items):
             try:
-                decoded.append(_image_bytes(encoded))
+                decoded.append(modality.decode_request(item))
             except ValueError as exc:
-                raise BadInput(f"images[{index}] {exc}") from None
+                raise BadInput(f"{modality.items}[{index}] {exc}") from None
         return self._answer(await self._probabilities(decoded), top_k)
 
     def _answer(self, probabilities: np.ndarray, top_k: int | None) -> ClassifyResponse:
@@ -456,19 +435,6 @@ class TunelineService:
         """Tag, labels, test metrics, data version and code revision of the model this server answers with."""
         # Read the registry now: `tuneline promote` or `rollback` may have moved the pointer since this server started.
         return self.info.model_copy(update={"champion": champion(self.model_tag.split(":", 1)[0]) == self.model_tag})
-
-
-def _warm_up_input(modality: str, classifier: Any) -> str | bytes:
-    """A text, or a blank PNG of the model's input size, for the warm-up pass."""
-    if modality == "text":
-        return "warm-up"
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (classifier.size, classifier.size)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _model_info(tag: str, stored: Any, classifier: Any) -> ModelInfo:

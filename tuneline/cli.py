@@ -61,7 +61,7 @@ def _serve_command(here: Path) -> str:
 
 
 def _scratch(args: argparse.Namespace) -> int:
-    from components.vision import compare_with_scratch
+    from components.scratch import compare_with_scratch
 
     here = Path(os.path.relpath(args.root))
     os.chdir(args.root)  # params.yaml's paths are relative to its folder, as DVC runs the stages
@@ -142,8 +142,7 @@ def _rollback(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import bentoml
 
-    from components import registry
-    from components.predict import Classifier
+    from components import modalities, registry
 
     params = load_params(args.root / "params.yaml")
     name = params.package.model_name
@@ -154,13 +153,15 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"tuneline predict: no model {tag!r} in the BentoML store at {os.environ['BENTOML_HOME']}; "
               "run `make run` first", file=sys.stderr)
         return 1
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    if not texts:
-        print("tuneline predict: give texts as arguments or one per line on stdin", file=sys.stderr)
+    items = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not items:
+        print("tuneline predict: give texts (or image files) as arguments or one per line on stdin", file=sys.stderr)
         return 2
-    classifier = Classifier.load(model.path)
-    for text, prediction in zip(texts, classifier.predict(texts), strict=True):
-        print(json.dumps({"text": text, "label": prediction.label, "probability": round(prediction.probability, 6),
+    modality = modalities.for_model(model.path)
+    classifier = modality.load_predictor(Path(model.path))
+    for item, prediction in zip(items, classifier.predict(items), strict=True):
+        print(json.dumps({modality.column: item, "label": prediction.label,
+                          "probability": round(prediction.probability, 6),
                           "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()}}))
     return 0
 
@@ -227,8 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the champion over HTTP (BentoML)")
     serve.add_argument("--host", help="bind address (default: serve.host in params.yaml)")
     serve.add_argument("--port", type=int, help="port (default: serve.port in params.yaml)")
-    predict = commands.add_parser("predict", help="classify texts with the champion (or --model)")
-    predict.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
+    predict = commands.add_parser("predict", help="classify texts (or image files) with the champion (or --model)")
+    predict.add_argument("texts", nargs="*", help="texts, or image files for an image model, to classify (default: "
+                         "one per line on stdin)")
     predict.add_argument("--model", help="BentoML model tag (default: the champion)")
     commands.add_parser("models", help="list the stored models with their test metrics; mark the champion")
     promote = commands.add_parser("promote", help="make a stored model the champion (logged)")

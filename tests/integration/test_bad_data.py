@@ -22,7 +22,7 @@ RESTORED = ("params.yaml", "dvc.lock", "reports/validation.json", "reports/valid
 CASES: list[tuple[str, dict, tuple[str, ...], str]] = [
     ("empty.csv", {}, ("is empty",), "prepare"),
     ("header_only.csv", {}, ("has a header but no rows",), "prepare"),
-    ("missing_text_column.csv", {}, ("missing ['text']", "found ['review', 'label']", "data.text_column"), "prepare"),
+    ("missing_text_column.csv", {}, ("missing ['text']", "found ['review', 'label']", "text.column"), "prepare"),
     ("missing_label_column.csv", {}, ("missing ['label']", "found ['text']", "data.label_column"), "prepare"),
     ("renamed_columns.csv", {}, ("did you mean 'Text' for 'text'? 'Label' for 'label'?",), "prepare"),
     ("wrong_delimiter.csv", {"delimiter": ","}, ("found one field 'text;label'", "set data.delimiter: ';'"),

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = "tuneline-text"
 # A few steps on short texts and the smallest bootstrap the gate allows: each experiment takes seconds to train.
-QUICK = {"model": {"max_length": 32}, "train": {"max_steps": 8}, "evaluate": {"bootstrap_resamples": 100}}
+QUICK = {"text": {"max_tokens": 32}, "train": {"max_steps": 8}, "evaluate": {"bootstrap_resamples": 100}}
 GRID = {(1.0e-4, 4), (3.0e-4, 4)}  # (train.learning_rate, model.freeze_layers)
 QUEUE_TIMEOUT_S = 900
 

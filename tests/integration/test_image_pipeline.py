@@ -94,7 +94,7 @@ def test_served_images_get_the_evaluate_stages_predictions_and_bad_ones_a_400(im
     tag = json.loads((image_project / "models/packaged.json").read_text())["tag"]
     env = os.environ | {"TUNELINE_MODEL_TAG": tag, "TUNELINE_PARAMS": str(image_project / "params.yaml")}
     with bentoml_serve(image_project, "serving.service:TunelineService", env, tmp_path / "serve.log") as url:
-        files = [image_project / text for text in predictions["text"]]
+        files = [image_project / image for image in predictions["image"]]
         answer = httpx.post(f"{url}/classify_image", json={"images": [encoded(f) for f in files],
                                                            "top_k": len(labels)}, timeout=120)
         assert answer.status_code == 200, answer.text

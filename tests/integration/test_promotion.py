@@ -19,7 +19,7 @@ import pytest
 from conftest import bentoml_serve, dvc, make_project, served_probabilities, set_params, sh
 
 from components.io import read_split
-from components.predict import Classifier
+from components.modalities import load_predictor
 
 pytestmark = pytest.mark.slow
 
@@ -143,7 +143,7 @@ def serve_and_ask(project: Path, env: dict[str, str]) -> np.ndarray:
 
 
 def expected(home: Path, tag: str) -> np.ndarray:
-    classifier = Classifier.load(model_path(home, tag))
+    classifier = load_predictor(model_path(home, tag))
     order = np.argsort(classifier.labels)
     return classifier.predict_proba(TEXTS)[:, order]
 

@@ -126,7 +126,7 @@ def new_labelled_rows(project_root: Path, count: int) -> str:
     """`count` corpus rows made into texts the data set does not hold yet, as CSV."""
     import pandas as pd
 
-    from components.prepare import BUILTIN_LABEL, BUILTIN_TEXT, builtin_corpus_path
+    from components.modalities.text.source import BUILTIN_LABEL, BUILTIN_TEXT, builtin_corpus_path
 
     corpus = pd.read_csv(builtin_corpus_path()).sample(n=count, random_state=5)
     frame = pd.DataFrame({"text": [f"{text} (a new review, number {i})" for i, text in

@@ -24,7 +24,8 @@ import yaml
 from conftest import bentoml_serve, served_probabilities
 
 from components.config import load_params
-from components.predict import META_FILE, Classifier
+from components.io import META_FILE
+from components.modalities.text.predict import Classifier
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,11 @@ import pytest
 import torch
 import yaml
 
+from components import modalities
 from components.config import DataParams, ModelParams, TrainParams
 from components.io import read_json, read_split, write_split
-from components.model import load_trained, resolve_model
+from components.modalities.text.model import resolve_model
+from components.model import load_trained
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +32,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from components import prepare
 
     folder = tmp_path_factory.mktemp("engine") / "prepared"
-    prepare.run(DataParams(max_rows=150), folder)
+    prepare.run(DataParams(max_rows=150), modalities.get("text")(), folder)
     return folder
 
 
@@ -59,13 +61,14 @@ def train_here(augmented: Path, prepared: Path, out: Path, model: ModelParams, t
                **kwargs: object):
     from components import train as train_stage
 
-    return train_stage.run(model, train, augmented, prepared, out / "model", out / "train.json", **kwargs)
+    return train_stage.run(model, train, modalities.for_prepared(prepared), augmented, prepared, out / "model",
+                           out / "train.json", **kwargs)
 
 
 def test_mlp_head_is_trained_saved_and_rebuilt_for_serving(augmented: Path, prepared: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from components.predict import Classifier
+    from components.modalities import load_predictor
 
     head = {"type": "mlp", "hidden_sizes": [64, 32], "activation": "gelu", "dropout": 0.2}
     train_here(augmented, prepared, tmp_path, ModelParams(head=head),
@@ -79,7 +82,7 @@ def test_mlp_head_is_trained_saved_and_rebuilt_for_serving(augmented: Path, prep
     assert [type(m).__name__ for m in rebuilt.classifier] == ["Linear", "GELU", "Dropout"] * 2 + ["Linear"]
     for key, value in rebuilt.state_dict().items():  # strict load: every saved tensor in place, nothing random
         assert torch.equal(value, saved[key]), key
-    probabilities = Classifier.load(tmp_path / "model").predict_proba(["a fine film", "dull"])
+    probabilities = load_predictor(tmp_path / "model").predict_proba(["a fine film", "dull"])
     assert probabilities.shape == (2, 3) and probabilities.sum(axis=1) == pytest.approx([1.0, 1.0])
 
 
@@ -101,7 +104,7 @@ def test_gradual_unfreezing_thaws_top_layers_first(augmented: Path, prepared: Pa
                                                    caplog: pytest.LogCaptureFixture) -> None:
     # Epoch 1: the head only; epoch 2: the top layer too. Lower layers and embeddings never train. No val split, so
     # the model kept is the last epoch's, not the best one's.
-    caplog.set_level(logging.INFO, logger="components.train")
+    caplog.set_level(logging.INFO, logger="components")  # the engine's thawing schedule
     no_val = tmp_path / "prepared"
     shutil.copytree(prepared, no_val)
     write_split(no_val, "val", read_split(prepared, "val").iloc[:0])
@@ -120,7 +123,7 @@ def test_gradual_unfreezing_thaws_top_layers_first(augmented: Path, prepared: Pa
 
 def test_linear_probe_trains_on_cached_features(augmented: Path, prepared: Path, tmp_path: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="components.train")
+    caplog.set_level(logging.INFO, logger="components")  # the feature cache's messages
     work = tmp_path / "work"
     model, train = ModelParams(freeze_backbone=True), TrainParams(epochs=3, learning_rate=5e-3, batch_size=16)
     first = train_here(augmented, prepared, tmp_path / "first", model, train, work_dir=work)
@@ -237,6 +240,6 @@ def test_two_process_ddp_on_the_cpu(prepared: Path, augmented: Path, tmp_path: P
     # Two processes of 8 are one batch of 16: the validation loss lands where one process's does. (It was twice
     # as high while Trainer scaled BERT's own mean loss by the process count.)
     assert metrics["val_loss"] == pytest.approx(read_json(single / "metrics" / "train.json")["val_loss"], abs=0.05)
-    from components.predict import Classifier
+    from components.modalities import load_predictor
 
-    assert Classifier.load(project / "models" / "candidate").predict_proba(["a film"]).shape == (1, 3)
+    assert load_predictor(project / "models" / "candidate").predict_proba(["a film"]).shape == (1, 3)

@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from components import modalities
 from components.config import DataParams, ModelParams, TrainParams
 from components.io import read_json, read_split, write_split
-from components.model import resolve_model
-from components.predict import Classifier
+from components.modalities import load_predictor
+from components.modalities.text.model import resolve_model
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +19,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from components import prepare
 
     folder = tmp_path_factory.mktemp("recipe") / "prepared"
-    prepare.run(DataParams(max_rows=150), folder)
+    prepare.run(DataParams(max_rows=150), modalities.get("text")(), folder)
     return folder
 
 
@@ -33,7 +34,8 @@ def test_frozen_layers_stay_put_while_weighted_smoothed_head_trains(prepared: Pa
     model_params = ModelParams(freeze_embeddings=True, freeze_layers=3)
     train_params = TrainParams(max_steps=4, batch_size=4, gradient_accumulation_steps=2, class_weights="balanced",
                                label_smoothing=0.1, head_learning_rate=1e-3, early_stopping_patience=0)
-    result = train.run(model_params, train_params, augmented, prepared, tmp_path / "model", tmp_path / "m.json")
+    result = train.run(model_params, train_params, modalities.for_prepared(prepared), augmented, prepared,
+                       tmp_path / "model", tmp_path / "m.json")
 
     assert result.steps == 4
     assert result.trainable_params < result.total_params
@@ -50,6 +52,6 @@ def test_frozen_layers_stay_put_while_weighted_smoothed_head_trains(prepared: Pa
     assert not torch.equal(weight(base, "encoder.layer.5.output.dense.weight"),
                            weight(tuned, "encoder.layer.5.output.dense.weight"))
     assert read_json(tmp_path / "model" / "tuneline.json")["train"]["class_weights"] == "balanced"
-    probabilities = Classifier.load(tmp_path / "model").predict_proba(["a fine film", "dull"])
+    probabilities = load_predictor(tmp_path / "model").predict_proba(["a fine film", "dull"])
     assert probabilities.shape == (2, 3)
     assert probabilities.sum(axis=1) == pytest.approx([1.0, 1.0])

@@ -7,31 +7,33 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.augment import (
+from components.augment import run
+from components.config import AugmentParams, ConfigError, ModelParams, parse_params
+from components.copies import copies_per_class, pick_sources
+from components.io import SUMMARY_FILE, read_json, read_split, write_split
+from components.modalities.text import TextModality
+from components.modalities.text.augment import (
     MAX_ATTEMPTS,
-    SUMMARY_FILE,
-    augment,
     char_noise,
-    copies_per_class,
+    random_deletion,
+    random_insertion,
+    random_swap,
+    synonym_substitution,
+    typo,
+)
+from components.modalities.text.augment import augment as augment_texts
+from components.modalities.text.model import resolve_model
+from components.modalities.text.normalise import dedup_key
+from components.modalities.text.settings import TextAugmentParams, TextParams
+from components.modalities.text.synonyms import (
     label_profiles,
     label_shift,
     nearest_neighbours,
     negation_pair,
-    pick_sources,
-    random_deletion,
-    random_insertion,
-    random_swap,
-    run,
-    synonym_substitution,
     synonym_table,
-    typo,
     whole_words,
 )
-from components.config import AugmentParams, ConfigError, ModelParams, parse_params
-from components.io import read_json, read_split, write_split
 from components.stage import StageError
-from components.text import dedup_key
-from components.model import resolve_model
 
 SYNONYMS = {"good": ("great", "fine"), "film": ("movie", "picture"), "funny": ("amusing",)}
 NO_SYNONYMS = {"p_synonym": 0.0, "p_insert": 0.0}
@@ -49,6 +51,13 @@ OPS = {
     "delete": random_deletion,
     "char": char_noise,
 }
+
+
+def augment(train: pd.DataFrame, params: AugmentParams, synonyms: dict | None = None, held_out: list[str] = (),
+            ops: TextAugmentParams = TextAugmentParams()) -> pd.DataFrame:
+    """Text's augmentation with the stage's counts of copies, as the augment stage calls it."""
+    wanted = copies_per_class(train["label"].value_counts().to_dict(), params)
+    return augment_texts(train, wanted, ops, params.seed, synonyms, held_out)
 
 
 @pytest.fixture(scope="module")
@@ -237,19 +246,21 @@ def test_copies_keep_label_and_source_row_and_differ_from_originals() -> None:
 
 def test_copies_never_equal_a_val_or_test_text() -> None:
     train = pd.DataFrame({"text": ["good film"], "label": ["pos"], "source_row": [0]})
-    params = AugmentParams(copies_per_example=3.0, p_synonym=1.0, p_insert=0.0, p_swap=0.0, p_delete=0.0, p_char=0.0)
+    params = AugmentParams(copies_per_example=3.0)
+    ops = TextAugmentParams(p_synonym=1.0, p_insert=0.0, p_swap=0.0, p_delete=0.0, p_char=0.0)
     # Possible copies: "great/fine film/movie/picture"; all but one are held out, in another case and punctuation.
     held_out = ["Great film!", "great movie", "GREAT PICTURE", "fine film.", "fine  movie"]
-    copies = augment(train, params, SYNONYMS, held_out=held_out).query("augmented")
+    copies = augment(train, params, SYNONYMS, held_out=held_out, ops=ops).query("augmented")
     assert copies["text"].tolist() == ["fine picture"]
-    unguarded = augment(train, params, SYNONYMS).query("augmented")
+    unguarded = augment(train, params, SYNONYMS, ops=ops).query("augmented")
     assert len(unguarded) == 3 and set(map(dedup_key, unguarded["text"])) & set(map(dedup_key, held_out))
 
 
 def test_texts_that_cannot_change_get_no_copies() -> None:
     train = pd.DataFrame({"text": ["ok", "ok then"], "label": ["a", "a"], "source_row": [0, 1]})
-    params = AugmentParams(copies_per_example=1.0, p_swap=0.5, p_delete=0.0, p_char=0.0, **NO_SYNONYMS)
-    copies = augment(train, params).query("augmented")
+    params = AugmentParams(copies_per_example=1.0)
+    ops = TextAugmentParams(p_swap=0.5, p_delete=0.0, p_char=0.0, **NO_SYNONYMS)
+    copies = augment(train, params, ops=ops).query("augmented")
     assert copies["text"].tolist() == ["then ok"]  # "ok" has no other form; each is tried MAX_ATTEMPTS times
     assert MAX_ATTEMPTS > 1
 
@@ -281,8 +292,10 @@ def test_params_are_strict() -> None:
         parse_params({"augment": {"fraction": 0.3}})
     with pytest.raises(ConfigError, match="per_class.plot = 9 above max_copies_per_example = 4"):
         parse_params({"augment": {"per_class": {"plot": 9}}})
-    with pytest.raises(ConfigError, match="augment.p_char"):
-        parse_params({"augment": {"p_char": 1.5}})
+    with pytest.raises(ConfigError, match="text.augment.p_char"):
+        parse_params({"text": {"augment": {"p_char": 1.5}}})
+    with pytest.raises(ConfigError, match="augment.p_char: moved to text.augment.p_char"):
+        parse_params({"augment": {"p_char": 0.5}})
     assert parse_params({"augment": {"per_class": {1: 2, 0.0: 1}}}).augment.per_class == {"1": 2.0, "0": 1.0}
 
 
@@ -293,12 +306,12 @@ def test_run_writes_train_only_with_the_model_synonyms(tmp_path: Path) -> None:
     write_split(prepared, "train", train)
     write_split(prepared, "val", pd.DataFrame({"text": ["a good film"], "label": ["pos"], "source_row": [0]}))
     write_split(prepared, "test", pd.DataFrame({"text": ["a bad film"], "label": ["neg"], "source_row": [1]}))
-    params = AugmentParams(copies_per_example=1.0, p_synonym=0.5, p_insert=0.0, p_char=0.0)
-    result = run(params, ModelParams(), prepared, out)
+    text = TextModality(TextParams(augment=TextAugmentParams(p_synonym=0.5, p_insert=0.0, p_char=0.0)))
+    result = run(AugmentParams(copies_per_example=1.0), ModelParams(), text, prepared, out)
     written = read_split(out, "train")
     assert sorted(p.name for p in out.iterdir()) == [SUMMARY_FILE, "train.jsonl"]
     assert result.original_rows == 20 and result.added_rows == 20 and result.rejected == 0
-    assert result.synonym_words > 0 and result.added_per_class == {"neg": 10, "pos": 10}
+    assert result.details["synonym_words"] > 0 and result.added_per_class == {"neg": 10, "pos": 10}
     assert len(written) == 40 and written["augmented"].sum() == 20
     assert read_json(out / SUMMARY_FILE)["rows_per_class"] == {"neg": 20, "pos": 20}
     # Substitutes from the model appear in the copies: words no train text holds (swap and deletion add none).

@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from components.config import ConfigError, ModelParams, TrainParams, parse_params
-from components.features import NotCacheable, cache_key, cacheable_head, head_inputs
-from components.model import attach_head, head_attribute, mlp_head
-from components.config import HeadParams
+from components.config import ConfigError, HeadParams, ModelParams, TrainParams, parse_params
+from components.engine import ThawPlan, last_checkpoint, run_fingerprint, truncate_curves
+from components.features import NotCacheable
+from components.modalities.text.features import cache_key, cacheable_head, head_inputs
+from components.model import attach_head, freeze, head_attribute, mlp_head
 from components.stage import StageError
-from components.train import ThawPlan, freeze, last_checkpoint, launch_command, run_fingerprint, truncate_curves
+from components.train import launch_command
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_a_model_without_a_head_is_named() -> None:
 
 def test_gradual_unfreezing_thaws_top_down(tiny) -> None:
     freeze(tiny, ModelParams(freeze_layers=1))
-    plan = ThawPlan.for_text(tiny, ModelParams(freeze_layers=1, gradual_unfreeze=1))
+    plan = ThawPlan.for_base_model(tiny.base_model, ModelParams(freeze_layers=1, gradual_unfreeze=1))
 
     def trainable_layers() -> set[str]:
         return {n.split(".")[3] if ".layer." in n else n.split(".")[1] for n, p in tiny.named_parameters()
@@ -102,7 +103,8 @@ def test_run_fingerprint_follows_params_and_data_not_logging() -> None:
     base = run_fingerprint(ModelParams(), TrainParams(), "src", frame)
     assert run_fingerprint(ModelParams(), TrainParams(resume=False, logging_steps=3), "src", frame) == base
     assert run_fingerprint(ModelParams(), TrainParams(learning_rate=1e-4), "src", frame) != base
-    assert run_fingerprint(ModelParams(max_length=64), TrainParams(), "src", frame) != base
+    assert run_fingerprint(ModelParams(freeze_layers=1), TrainParams(), "src", frame) != base
+    assert run_fingerprint(ModelParams(), TrainParams(), "src", frame, settings={"text": {"max_tokens": 64}}) != base
     assert run_fingerprint(ModelParams(), TrainParams(), "src", frame.assign(label=["y", "x"])) != base
 
 
@@ -157,7 +159,7 @@ def test_cache_key_follows_frozen_weights_and_tokens_not_the_head(tiny) -> None:
 
 
 def test_linear_probe_score_separates_what_is_separable() -> None:
-    from components.selection import probe_score
+    from components.modalities.text.selection import probe_score
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 40)
@@ -170,7 +172,7 @@ def test_linear_probe_score_separates_what_is_separable() -> None:
 
 @pytest.mark.parametrize("forward_tokens", [0.0, 25.0])
 def test_token_batches_cut_by_count_and_padded_size(forward_tokens: float) -> None:
-    from components.predict import token_batches
+    from components.modalities.text.predict import token_batches
 
     lengths = [10, 3, 50, 3, 200, 20, 20, 20]
     batches = token_batches(lengths, batch_size=3, max_batch_tokens=60, forward_tokens=forward_tokens)
@@ -188,7 +190,7 @@ def _cut_cost(lengths: list[int], batches: list[list[int]], forward_tokens: floa
 
 
 def test_token_batches_with_a_pass_cost_give_a_long_text_its_own_pass() -> None:
-    from components.predict import token_batches
+    from components.modalities.text.predict import token_batches
 
     lengths = [10] * 7 + [60]
     # Filling: one batch of 8 padded to 60 (480 tokens). With a pass worth 100 tokens: 7 x 10 + 100, then 60 + 100.
@@ -200,7 +202,7 @@ def test_token_batches_with_a_pass_cost_find_the_cheapest_cuts() -> None:
     """Against every way of cutting the sorted items into runs, for small random inputs."""
     import itertools
 
-    from components.predict import token_batches
+    from components.modalities.text.predict import token_batches
 
     rng = np.random.default_rng(0)
     for _ in range(60):

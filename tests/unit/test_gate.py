@@ -1,9 +1,9 @@
 import pytest
 
 from components.config import EvaluateParams
-from components.evaluate import baseline_predictions
-from components.metrics import classification_metrics
 from components.gate import check_gates, verdict
+from components.metrics import classification_metrics
+from components.modalities.text import tfidf_predictions as baseline_predictions
 
 
 def figures(precision: float, recall: float, f1: float) -> dict:

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from components.images import class_folders, inspect_image, write_digits
+from components.modalities.image import ImageModality
+from components.modalities.image.files import class_folders, inspect_image, write_digits
 from components.stage import StageError
 
 
@@ -80,11 +81,12 @@ def test_class_folders_label_each_file_by_its_folder(tmp_path: Path) -> None:
 
 
 def prepared(tmp_path: Path, data: dict, image: dict | None = None) -> tuple[object, dict[str, object]]:
+    from components import modalities
     from components.config import parse_params
     from components.prepare import run
 
     params = parse_params({"data": {"modality": "image", **data}, "image": image or {}})
-    result = run(params.data, tmp_path / "prepared", None, params.image)
+    result = run(params.data, modalities.for_params(params), tmp_path / "prepared")
     splits = {name: pd.read_json(tmp_path / "prepared" / f"{name}.jsonl", lines=True, dtype={"label": str})
               for name in ("train", "val", "test")}
     return result, splits
@@ -129,8 +131,8 @@ def test_prepare_reads_a_table_of_image_paths(tmp_path: Path) -> None:
         (folder / f"{i}.png").write_bytes(encoded("PNG", (10 + i, 10)))
     (folder / "labels.csv").write_text("path,kind\n" + "".join(f"{i}.png,{'a' if i % 2 else 'b'}\n" for i in range(6))
                                        + "missing.png,a\n")
-    result, splits = prepared(tmp_path, {"path": str(folder / "labels.csv"), "image_column": "path",
-                                         "label_column": "kind", "val_fraction": 0.2, "test_fraction": 0.2})
+    result, splits = prepared(tmp_path, {"path": str(folder / "labels.csv"), "label_column": "kind",
+                                         "val_fraction": 0.2, "test_fraction": 0.2}, {"column": "path"})
     rows = [row for part in splits.values() for row in part.to_dict("records")]
     assert len(rows) == 7 and sorted({row["label"] for row in rows}) == ["a", "b"]
     [missing] = [row for row in rows if pd.isna(row["image"])]
@@ -152,7 +154,8 @@ def test_validate_checks_images_with_its_suite_and_names_each_file(tmp_path: Pat
     result, splits = prepared(tmp_path, {"path": str(source), "val_fraction": 0.2, "test_fraction": 0.2})
     params = parse_params({"image": {"min_side": 8}})
 
-    verdict = validate(splits, result.labels, params.validate_params, result.summary, params.image)
+    verdict = validate(splits, result.labels, params.validate_params, ImageModality(params.settings("image")),
+                       result.summary)
 
     failed = "\n".join(verdict.failures)
     assert not verdict.success
@@ -171,7 +174,8 @@ def test_clean_digits_pass_validation(tmp_path: Path) -> None:
 
     result, splits = prepared(tmp_path, {"max_rows": 300})
     params = parse_params({})
-    verdict = validate(splits, result.labels, params.validate_params, result.summary, params.image)
+    verdict = validate(splits, result.labels, params.validate_params, ImageModality(params.settings("image")),
+                       result.summary)
     assert verdict.success, verdict.failures
 
 
@@ -180,9 +184,11 @@ def test_augment_adds_perturbed_train_images_only_reproducibly(tmp_path: Path) -
     from components.config import parse_params
 
     result, splits = prepared(tmp_path, {"max_rows": 120})
-    params = parse_params({"augment": {"copies_per_example": 1.0, "image": {"p_crop": 1.0, "p_rotate": 1.0}}})
-    out = augment(params.augment, params.model, tmp_path / "prepared", tmp_path / "augmented")
-    again = augment(params.augment, params.model, tmp_path / "prepared", tmp_path / "again")
+    params = parse_params({"augment": {"copies_per_example": 1.0}, "image": {"augment": {"p_crop": 1.0,
+                                                                                        "p_rotate": 1.0}}})
+    images = ImageModality(params.settings("image"))
+    out = augment(params.augment, params.model, images, tmp_path / "prepared", tmp_path / "augmented")
+    again = augment(params.augment, params.model, images, tmp_path / "prepared", tmp_path / "again")
 
     train = pd.read_json(tmp_path / "augmented/train.jsonl", lines=True, dtype={"label": str})
     copies = train[train["augmented"]]

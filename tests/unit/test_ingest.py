@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from components import modalities
 from components.config import parse_params
 from components.ingest import incoming_files, ingest
 from components.prepare import run as prepare
@@ -35,7 +36,7 @@ def drop(project: Path, name: str, content: str | bytes) -> None:
 
 
 def test_good_rows_are_kept_once_and_a_bad_file_does_not_stop_the_next(project: Path) -> None:
-    prepare(params().data, "data/prepared")
+    prepare(params().data, modalities.for_params(params()), "data/prepared")
     drop(project, "1-good.csv", 'text,label\n"A Known text about film number 3!",good\n"brand new words",bad\n'
                                 '"brand new words",bad\n')
     drop(project, "2-bad.csv", 'text,label\n"fine",good\n"",bad\n"an unknown label",meh\n')
@@ -65,7 +66,7 @@ def test_good_rows_are_kept_once_and_a_bad_file_does_not_stop_the_next(project: 
 def test_prepare_appends_the_accepted_rows_after_the_source(project: Path) -> None:
     drop(project, "new.csv", "text,label\nsomething never seen,good\nanother unseen one,bad\n")
     ingest(params())
-    result = prepare(params().data, "data/prepared", "data/raw/accepted")
+    result = prepare(params().data, modalities.for_params(params()), "data/prepared", "data/raw/accepted")
 
     assert sum(result.counts.values()) == 42
     assert "1 accepted file(s)" in result.source and "(2 rows)" in result.source

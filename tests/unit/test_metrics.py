@@ -16,8 +16,8 @@ from components.metrics import (
     most_confident_mistakes,
     paired_bootstrap_difference,
     reliability_bins,
-    render_report,
 )
+from components.report import render_report
 
 LABELS = ["neg", "neu", "pos"]
 
@@ -266,10 +266,10 @@ def test_most_confident_mistakes_come_surest_first_and_ties_keep_order() -> None
     predicted = ["b", "a", "a", "a", "b", "a"]
     probability = [0.7, 0.99, 0.9, 0.7, 0.95, 0.6]
     mistakes = most_confident_mistakes(texts, true, predicted, probability, k=3)
-    assert [m["text"] for m in mistakes] == ["t4", "t2", "t0"]
-    assert mistakes[0] == {"text": "t4", "label": "a", "predicted": "b", "probability": 0.95}
+    assert [m["item"] for m in mistakes] == ["t4", "t2", "t0"]
+    assert mistakes[0] == {"item": "t4", "label": "a", "predicted": "b", "probability": 0.95}
     every = most_confident_mistakes(texts, true, predicted, probability)
-    assert [m["text"] for m in every] == ["t4", "t2", "t0", "t3", "t5"]  # t1 is right, so never listed
+    assert [m["item"] for m in every] == ["t4", "t2", "t0", "t3", "t5"]  # t1 is right, so never listed
 
 
 def report_inputs() -> tuple[dict, dict, list[dict], list[list[int]], list[str]]:
@@ -319,7 +319,7 @@ def report_inputs() -> tuple[dict, dict, list[dict], list[list[int]], list[str]]
         ],
     }
     mistakes = [
-        {"text": "great | not\nreally " + "x" * 300, "label": "neg", "predicted": "pos|ish", "probability": 0.991}
+        {"item": "great | not\nreally " + "x" * 300, "label": "neg", "predicted": "pos|ish", "probability": 0.991}
     ]
     return metrics, verdict, mistakes, [[380, 20], [35, 319]], labels
 

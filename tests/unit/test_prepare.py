@@ -10,14 +10,27 @@ import pandas as pd
 import pytest
 import yaml
 
-from components import prepare
+from components import prepare, tables
 from components.config import ConfigError, DataParams, parse_params
 from components.io import SPLITS, SUMMARY_FILE, read_labels, read_split, read_summary, write_split
+from components.modalities.text import TextModality
+from components.modalities.text import source as text_source
+from components.modalities.text.normalise import dedup_key, normalise, normalise_counting
+from components.modalities.text.settings import TextParams
 from components.stage import StageError
-from components.text import dedup_key, normalise, normalise_counting
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD = ROOT / "tests" / "fixtures" / "bad"
+
+
+def run(data: DataParams, out: Path, accepted: Path | None = None, **text: object) -> prepare.PrepareResult:
+    """The prepare stage on text data, with the text block's settings `text` (e.g. column="review")."""
+    return prepare.run(data, TextModality(TextParams(**text)), out, accepted)
+
+
+def split(data: pd.DataFrame, val: float, test: float, seed: int) -> prepare.Splits:
+    """prepare.split keyed as text's rows are: by dedup_key."""
+    return prepare.split(data, val, test, seed, TextModality().item_key(data).fillna(""))
 
 
 def frame(rows: list[tuple[str | None, str | None]]) -> pd.DataFrame:
@@ -63,9 +76,9 @@ def test_normalise_counting(text: str, expected: tuple[str, int]) -> None:
 
 def test_split_is_stratified_deterministic_and_complete() -> None:
     data = corpus()
-    first = prepare.split(data, 0.2, 0.2, seed=7)
-    again = prepare.split(data, 0.2, 0.2, seed=7)
-    other = prepare.split(data, 0.2, 0.2, seed=8)
+    first = split(data, 0.2, 0.2, seed=7)
+    again = split(data, 0.2, 0.2, seed=7)
+    other = split(data, 0.2, 0.2, seed=8)
     for name, part in first.items():
         pd.testing.assert_frame_equal(part, getattr(again, name))
         assert part["label"].value_counts().to_dict() == {"a": len(part) // 2, "b": len(part) // 2}
@@ -77,7 +90,7 @@ def test_split_is_stratified_deterministic_and_complete() -> None:
 def test_duplicates_stay_in_one_split() -> None:
     rows = [(f"text {i}", "a" if i % 2 else "b") for i in range(60)]
     rows += [("TEXT 3!", "a"), ("text   3", "a"), ("Text 4.", "b")]
-    splits = prepare.split(frame(rows), 0.2, 0.2, seed=1)
+    splits = split(frame(rows), 0.2, 0.2, seed=1)
     homes = {}
     for name, part in splits.items():
         for text in part["text"]:
@@ -87,7 +100,7 @@ def test_duplicates_stay_in_one_split() -> None:
 
 def test_tiny_class_still_gets_a_train_row() -> None:
     rows = [(f"text {i}", "big") for i in range(50)] + [("lonely one", "small"), ("lonely two", "small")]
-    splits = prepare.split(frame(rows), 0.3, 0.3, seed=0)
+    splits = split(frame(rows), 0.3, 0.3, seed=0)
     assert "small" in set(splits.train["label"])
 
 
@@ -100,7 +113,7 @@ def test_subsample_keeps_label_shares() -> None:
 @pytest.mark.parametrize(("value", "expected"), [(1, "1"), (1.0, "1"), (2.5, "2.5"), (" pos ", "pos"), ("", None),
                                                  (None, None), (float("nan"), None)])
 def test_label_string(value: object, expected: str | None) -> None:
-    assert prepare._label_string(value) == expected
+    assert tables.label_string(value) == expected
 
 
 def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -111,8 +124,8 @@ def write_csv(path: Path, text: str, encoding: str = "utf-8") -> Path:
 def test_run_on_a_user_csv_with_other_columns(tmp_path: Path) -> None:
     lines = ["review;sentiment"] + [f"film {i} was {'good' if i % 2 else 'bad'};{i % 2}" for i in range(40)]
     source = write_csv(tmp_path / "mine.csv", "\ufeff" + "\r\n".join(lines) + "\r\n")
-    params = DataParams(path=str(source), text_column="review", label_column="sentiment")
-    result = prepare.run(params, tmp_path / "out")
+    params = DataParams(path=str(source), label_column="sentiment")
+    result = run(params, tmp_path / "out", column="review")
     assert result.labels == ["0", "1"]
     assert sum(result.counts.values()) == 40
     assert read_labels(tmp_path / "out") == ["0", "1"]
@@ -138,12 +151,12 @@ MULTILINE = (
 def test_line_is_where_each_csv_record_starts_even_across_quoted_line_breaks(tmp_path: Path) -> None:
     source = write_csv(tmp_path / "multi.csv", MULTILINE + "".join(f"more {i},{'pos' if i % 2 else 'neg'}\r\n"
                                                                     for i in range(10)))
-    table = prepare.read_source(source)
+    table = tables.read_source(source)
     assert table.line[:5] == [2, 3, 7, 8, 10]
     assert table.line[5:] == list(range(11, 21))
     assert table.source_row == list(range(15))
-    assert table.text[1] == "second spans\r\nthree\r\nlines"
-    prepare.run(DataParams(path=str(source)), tmp_path / "out")
+    assert table.item[1] == "second spans\r\nthree\r\nlines"
+    run(DataParams(path=str(source)), tmp_path / "out")
     rows = every_row(tmp_path / "out")
     assert rows["line"].tolist() == table.line
     assert rows["text"].iloc[1] == "second spans three lines"
@@ -156,11 +169,11 @@ def test_line_in_jsonl_counts_blank_lines_and_crlf(tmp_path: Path) -> None:
     lines.insert(2, "")
     source = tmp_path / "rows.jsonl"
     source.write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode())
-    table = prepare.read_source(source)
+    table = tables.read_source(source)
     assert table.format == "jsonl"
     assert table.line == [1, 2] + list(range(4, 14))
     assert table.source_row == list(range(12))
-    prepare.run(DataParams(path=str(source)), tmp_path / "out")
+    run(DataParams(path=str(source)), tmp_path / "out")
     assert every_row(tmp_path / "out")["line"].tolist() == table.line
     assert read_labels(tmp_path / "out") == ["0", "1"]
 
@@ -169,7 +182,7 @@ def test_parquet_rows_are_numbered_from_one(tmp_path: Path) -> None:
     source = tmp_path / "rows.parquet"
     pd.DataFrame({"body": [f"text {i}" for i in range(12)], "stars": [i % 3 for i in range(12)],
                   "other": range(12)}).to_parquet(source)
-    result = prepare.run(DataParams(path=str(source), text_column="body", label_column="stars"), tmp_path / "out")
+    result = run(DataParams(path=str(source), label_column="stars"), tmp_path / "out", column="body")
     assert result.labels == ["0", "1", "2"]
     assert result.summary["format"] == "parquet"
     rows = every_row(tmp_path / "out")
@@ -178,8 +191,8 @@ def test_parquet_rows_are_numbered_from_one(tmp_path: Path) -> None:
 
 
 def test_builtin_corpus_lines_point_at_each_record() -> None:
-    loaded = prepare.load(DataParams())
-    lines = bz2.open(prepare.builtin_corpus_path(), "rt", encoding="utf-8", newline="").read().split("\n")
+    loaded = text_source.read(DataParams(), "text")
+    lines = bz2.open(text_source.builtin_corpus_path(), "rt", encoding="utf-8", newline="").read().split("\n")
     data = loaded.frame
     assert loaded.format == "csv" and not loaded.malformed
     assert data["line"].is_monotonic_increasing and data["line"].iloc[0] == 2
@@ -194,7 +207,7 @@ def test_malformed_csv_lines_are_skipped_and_recorded(tmp_path: Path) -> None:
     rows.insert(3, "too, many, fields,pos")  # line 5
     rows.insert(9, "just one field")          # line 11
     source = write_csv(tmp_path / "bad.csv", "text,label\n" + "\n".join(rows) + "\n")
-    result = prepare.run(DataParams(path=str(source)), tmp_path / "out")
+    result = run(DataParams(path=str(source)), tmp_path / "out")
     summary = read_summary(tmp_path / "out")
     assert summary == result.summary
     assert summary["rows_read"] == 22 and summary["rows_kept"] == 20 and summary["malformed_count"] == 2
@@ -211,7 +224,7 @@ def test_an_unclosed_quote_is_one_malformed_record_that_says_so(tmp_path: Path) 
     rows = [f"{t},{label}" for t, label in reviews(20)]
     rows.insert(10, '"never closed,pos')
     source = write_csv(tmp_path / "bad.csv", "text,label\n" + "\n".join(rows) + "\n")
-    table = prepare.read_source(source)
+    table = tables.read_source(source)
     assert [m.line for m in table.malformed] == [12]
     assert "never closed" in table.malformed[0].problem
 
@@ -223,7 +236,7 @@ def test_malformed_jsonl_lines_are_skipped_and_recorded(tmp_path: Path) -> None:
     lines[9] = "42"
     source = tmp_path / "bad.jsonl"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    summary = prepare.run(DataParams(path=str(source)), tmp_path / "out").summary
+    summary = run(DataParams(path=str(source)), tmp_path / "out").summary
     assert summary["format"] == "jsonl"
     assert summary["malformed_lines"] == [
         {"line": 5, "problem": "not valid JSON (Unterminated string starting at, column 10)"},
@@ -237,10 +250,10 @@ def test_summary_file_has_exactly_the_documented_keys_sorted(tmp_path: Path) -> 
     lines = ["text,label"] + [f"film\x85{i} \u200bwas fine,{i % 2}" for i in range(10)] + ["x,y,z"]
     lines += [f"plain {i},{i % 2}" for i in range(10)]
     source = write_csv(tmp_path / "noisy.csv", "\n".join(lines) + "\n")
-    prepare.run(DataParams(path=str(source)), tmp_path / "out")
+    run(DataParams(path=str(source)), tmp_path / "out")
     text = (tmp_path / "out" / SUMMARY_FILE).read_text(encoding="utf-8")
     summary = json.loads(text)
-    assert list(summary) == sorted(summary) == ["format", "malformed_count", "malformed_lines", "noise",
+    assert list(summary) == sorted(summary) == ["format", "malformed_count", "malformed_lines", "modality", "noise",
                                                 "rows_kept", "rows_read", "source"]
     assert summary["noise"] == {"characters_replaced": 20, "rows_changed": 10}
     assert summary["malformed_lines"] == [{"line": 12, "problem": "3 field(s) where the header has 2: an unquoted "
@@ -252,7 +265,7 @@ def test_summary_file_has_exactly_the_documented_keys_sorted(tmp_path: Path) -> 
 def test_only_the_first_hundred_malformed_lines_are_listed(tmp_path: Path) -> None:
     rows = [f"{t},{label}" for t, label in reviews(20)] + ["a,b,c"] * 150
     source = write_csv(tmp_path / "many.csv", "text,label\n" + "\n".join(rows) + "\n")
-    summary = prepare.run(DataParams(path=str(source)), tmp_path / "out").summary
+    summary = run(DataParams(path=str(source)), tmp_path / "out").summary
     assert summary["malformed_count"] == 150
     assert len(summary["malformed_lines"]) == 100 and summary["malformed_lines"][0]["line"] == 22
 
@@ -260,13 +273,13 @@ def test_only_the_first_hundred_malformed_lines_are_listed(tmp_path: Path) -> No
 def test_noise_is_counted_on_the_rows_kept(tmp_path: Path) -> None:
     lines = ["text,label"] + [f"film {i}\x85,{i % 2}" for i in range(100)]
     source = write_csv(tmp_path / "noisy.csv", "\n".join(lines) + "\n")
-    summary = prepare.run(DataParams(path=str(source), max_rows=50), tmp_path / "out").summary
+    summary = run(DataParams(path=str(source), max_rows=50), tmp_path / "out").summary
     assert summary["rows_read"] == 100 and summary["rows_kept"] == 50
     assert summary["noise"] == {"rows_changed": 50, "characters_replaced": 50}
 
 
 def test_builtin_corpus_noise_is_reported() -> None:
-    loaded = prepare.load(DataParams())
+    loaded = text_source.read(DataParams(), "text")
     assert loaded.frame[prepare.NOISE].sum() >= 1  # the stray \x85 in the corpus
     assert not loaded.frame["text"].str.contains("\x85").any()
 
@@ -283,7 +296,7 @@ def test_delimiters_are_detected_or_configured(tmp_path: Path, name: str, delimi
     rows = [f'"{t}, quoted {delimiter} too"{delimiter}{label}' for t, label in reviews(20)]
     source = write_csv(tmp_path / name, f"id{delimiter}text{delimiter}label\n" +
                        "".join(f"{i}{delimiter}{row}\n" for i, row in enumerate(rows)))
-    result = prepare.run(DataParams(path=str(source), delimiter=configured), tmp_path / "out")
+    result = run(DataParams(path=str(source), delimiter=configured), tmp_path / "out")
     assert result.labels == ["neg", "pos"] and result.summary["malformed_count"] == 0
     assert every_row(tmp_path / "out")["text"].iloc[0] == normalise(f"film 0 was bad, quoted {delimiter} too")
 
@@ -292,7 +305,7 @@ def test_a_wrong_configured_delimiter_names_the_right_one(tmp_path: Path) -> Non
     source = write_csv(tmp_path / "s.csv", "text;label\n" + "".join(f"{t};{label}\n" for t, label in reviews(20)))
     with pytest.raises(StageError, match=r"found one field 'text;label' with data.delimiter ','; set data.delimiter: "
                                          r"';'"):
-        prepare.run(DataParams(path=str(source), delimiter=","), tmp_path / "out")
+        run(DataParams(path=str(source), delimiter=","), tmp_path / "out")
 
 
 @pytest.mark.parametrize("bom", ["", "\ufeff"])
@@ -300,7 +313,7 @@ def test_a_wrong_configured_delimiter_names_the_right_one(tmp_path: Path) -> Non
 def test_bom_and_line_endings(tmp_path: Path, bom: str, newline: str) -> None:
     body = newline.join(["text,label"] + [f"{t},{label}" for t, label in reviews(20)]) + newline
     source = write_csv(tmp_path / "x.csv", bom + body)
-    result = prepare.run(DataParams(path=str(source)), tmp_path / "out")
+    result = run(DataParams(path=str(source)), tmp_path / "out")
     rows = every_row(tmp_path / "out")
     assert result.summary["rows_read"] == 20 and rows["line"].tolist() == list(range(2, 22))
     assert not rows["text"].str.contains("\r").any()
@@ -317,9 +330,9 @@ def test_numeric_labels_become_strings_in_every_format(tmp_path: Path, values: l
     parquet_source = tmp_path / "n.parquet"
     pd.DataFrame({"text": texts, "label": labels}).to_parquet(parquet_source)
     for source in (jsonl_source, parquet_source):
-        assert prepare.run(DataParams(path=str(source)), tmp_path / source.suffix).labels == expected
+        assert run(DataParams(path=str(source)), tmp_path / source.suffix).labels == expected
     if all(isinstance(v, int) for v in values):
-        assert prepare.run(DataParams(path=str(csv_source)), tmp_path / "csv").labels == expected
+        assert run(DataParams(path=str(csv_source)), tmp_path / "csv").labels == expected
 
 
 def test_numeric_labels_in_params_yaml_are_read_as_strings() -> None:
@@ -338,18 +351,18 @@ def test_other_encodings_need_data_encoding(tmp_path: Path) -> None:
     body = "text,label\n" + "".join(f"{t},{label}\n" for t, label in reviews(20)) + "caf\u00e9 cr\u00e8me,pos\n"
     source = write_csv(tmp_path / "latin.csv", body, encoding="cp1252")
     with pytest.raises(StageError) as error:
-        prepare.run(DataParams(path=str(source)), tmp_path / "out")
+        run(DataParams(path=str(source)), tmp_path / "out")
     message = str(error.value)
     assert "is not valid utf-8 text: line 22, column 4 has the byte(s) 0xe9" in message
     assert "data.encoding" in message and str(source) in message
-    result = prepare.run(DataParams(path=str(source), encoding="cp1252"), tmp_path / "out")
+    result = run(DataParams(path=str(source), encoding="cp1252"), tmp_path / "out")
     assert "caf\u00e9 cr\u00e8me" in every_row(tmp_path / "out")["text"].tolist()
     assert result.summary["rows_read"] == 21
 
     wide = write_csv(tmp_path / "wide.csv", body, encoding="utf-16")
     with pytest.raises(StageError, match="UTF-16 text"):
-        prepare.run(DataParams(path=str(wide)), tmp_path / "out")
-    assert prepare.run(DataParams(path=str(wide), encoding="utf-16"), tmp_path / "out").summary["rows_read"] == 21
+        run(DataParams(path=str(wide)), tmp_path / "out")
+    assert run(DataParams(path=str(wide), encoding="utf-16"), tmp_path / "out").summary["rows_read"] == 21
 
 
 @pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zip"])
@@ -367,7 +380,7 @@ def test_compressed_sources_are_read(tmp_path: Path, suffix: str) -> None:
         opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix]
         with opener(target, "wb") as handle:
             handle.write(plain.read_bytes())
-    result = prepare.run(DataParams(path=str(target)), tmp_path / "out")
+    result = run(DataParams(path=str(target)), tmp_path / "out")
     assert result.summary["rows_read"] == 20
     assert every_row(tmp_path / "out")["line"].tolist() == list(range(2, 22))
 
@@ -379,7 +392,7 @@ def test_a_hundred_thousand_rows(tmp_path: Path) -> None:
         handle.write("id,text,label\r\n")
         for i in range(n):
             handle.write(f'{i},"review {i}: the film, in a word, was {labels[i % 3]}",{labels[i % 3]}\r\n')
-    result = prepare.run(DataParams(path=str(tmp_path / "big.csv")), tmp_path / "out")
+    result = run(DataParams(path=str(tmp_path / "big.csv")), tmp_path / "out")
     assert sum(result.counts.values()) == n
     assert result.summary["rows_read"] == n and result.summary["malformed_count"] == 0
     test = read_split(tmp_path / "out", "test")
@@ -397,7 +410,7 @@ def test_a_hundred_thousand_rows(tmp_path: Path) -> None:
         ("bom.jsonl", b"\xef\xbb\xbf", "is empty"),
         ("header.csv", b"text,label\n", "no rows"),
         ("header.jsonl", b"\n\n", "is empty"),
-        ("columns.csv", b"body,target\nhello,a\n", "set data.text_column / data.label_column"),
+        ("columns.csv", b"body,target\nhello,a\n", "set text.column / data.label_column"),
         ("case.csv", b"Text,label\nhello,a\n", "did you mean 'Text' for 'text'?"),
         ("keys.jsonl", b'{"body": "hello", "label": "a"}\n', r"missing \['text'\], found \['body', 'label'\]"),
         ("data.xlsx", b"text,label\n", "cannot tell the format"),
@@ -428,7 +441,7 @@ def test_bad_sources_say_what_to_fix(tmp_path: Path, name: str, content: bytes |
     else:
         source.write_bytes(content)
     with pytest.raises(StageError, match=message) as error:
-        prepare.run(DataParams(path=str(source)), tmp_path / "out")
+        run(DataParams(path=str(source)), tmp_path / "out")
     assert str(source) in str(error.value)
     assert "\n" not in str(error.value)  # one paragraph
     assert not (tmp_path / "out").exists()
@@ -436,19 +449,19 @@ def test_bad_sources_say_what_to_fix(tmp_path: Path, name: str, content: bytes |
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="does not exist"):
-        prepare.load(DataParams(path=str(tmp_path / "nope.csv")))
+        text_source.read(DataParams(path=str(tmp_path / "nope.csv")), "text")
     with pytest.raises(StageError, match="is a folder"):
-        prepare.load(DataParams(path=str(tmp_path)))
+        text_source.read(DataParams(path=str(tmp_path)), "text")
 
 
 def test_failed_run_keeps_previous_output(tmp_path: Path) -> None:
     good = write_csv(tmp_path / "good.csv", "text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(30)))
-    prepare.run(DataParams(path=str(good)), tmp_path / "out")
+    run(DataParams(path=str(good)), tmp_path / "out")
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     assert set(before) == {"train.jsonl", "val.jsonl", "test.jsonl", "labels.json", SUMMARY_FILE}
     bad = write_csv(tmp_path / "bad.csv", "other\nx\n")
     with pytest.raises(StageError):
-        prepare.run(DataParams(path=str(bad)), tmp_path / "out")
+        run(DataParams(path=str(bad)), tmp_path / "out")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
@@ -459,7 +472,7 @@ def test_read_split_without_line_and_read_summary_without_summary(tmp_path: Path
 
 
 def test_builtin_corpus_loads() -> None:
-    loaded = prepare.load(DataParams())
+    loaded = text_source.read(DataParams(), "text")
     data = loaded.frame
     assert loaded.source.startswith("builtin:")
     assert set(data["label"]) == {"fresh", "rotten", "plot"}

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from components.config import ModelParams, TrainParams, parse_params
+from components.engine import class_weight_vector, cross_entropy_loss, split_head_learning_rate
+from components.model import freeze
 from components.stage import StageError
-from components.train import class_weight_vector, cross_entropy_loss, freeze, split_head_learning_rate
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_default_train_params_keep_the_models_own_loss() -> None:
 
 
 def test_training_arguments_carry_the_train_block(tmp_path) -> None:
-    from components.train import training_arguments
+    from components.engine import training_arguments
 
     params = TrainParams(gradient_accumulation_steps=4, batch_size=8, lr_scheduler="cosine", warmup_ratio=0.2)
     args = training_arguments(params, str(tmp_path), "cpu", has_val=True)

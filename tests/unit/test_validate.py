@@ -13,24 +13,22 @@ import pandas as pd
 import pytest
 import yaml
 
+from components.checks import TEXT_SHOWN
 from components.config import ConfigError, ValidateParams, ValidateSeverity, parse_params
 from components.env import OFFLINE
 from components.io import LABELS_FILE, SPLITS, SUMMARY_FILE, read_json, split_path, write_json, write_split
+from components.modalities.text import TextModality
+from components.modalities.text.normalise import dedup_key, dedup_keys
+from components.modalities.text.settings import TextParams
 from components.stage import StageError
-from components.text import dedup_key
-from components.validate import (
-    TEXT_SHOWN,
-    ValidationFailed,
-    dedup_keys,
-    main,
-    render_markdown,
-    run,
-)
+from components.validate import ValidationFailed, main, run
+from components.validation_report import render_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
-PARAMS = ValidateParams(min_text_length=1, max_text_length=200, min_per_class=2, max_failed_rows_shown=5)
+PARAMS = ValidateParams(min_per_class=2, max_failed_rows_shown=5)
+TEXT = TextModality(TextParams(min_chars=1, max_chars=200))  # the text modality, with texts of 1 to 200 characters
 LABELS = ["neg", "pos"]
-EVERY_CHECK = set(ValidateSeverity.model_fields)
+EVERY_CHECK = set(ValidateSeverity.names())
 IMAGE_ONLY = {"unreadable_image", "image_too_small", "image_too_large", "image_channels"}
 
 Row = tuple[int, "str | None", "str | None"]  # source_row, text, label
@@ -99,7 +97,7 @@ def prepared(tmp_path: Path) -> Prepare:
 def _fail(folder: Path, report: Path, params: ValidateParams = PARAMS) -> str:
     """Run the stage on data that must fail; return its message."""
     with pytest.raises(ValidationFailed) as caught:
-        run(params, folder, report)
+        run(params, TEXT, folder, report)
     assert isinstance(caught.value, StageError)  # so stage_main prints it without a traceback
     return str(caught.value)
 
@@ -117,7 +115,7 @@ def _severity(**levels: str) -> ValidateParams:
 def test_clean_data_passes_and_the_report_is_stable(prepared: Prepare, tmp_path: Path) -> None:
     folder, report = prepared(), tmp_path / "reports" / "validation.json"
     html = report.with_suffix(".html")
-    result = run(PARAMS, folder, report, html)
+    result = run(PARAMS, TEXT, folder, report, html)
     assert result.success and result.failures == [] and result.warnings == []
     assert result.counts == {"train": 4, "val": 2, "test": 2}
     written = read_json(report)
@@ -133,7 +131,7 @@ def test_clean_data_passes_and_the_report_is_stable(prepared: Prepare, tmp_path:
         "expect_column_value_lengths_to_be_between", "expect_column_values_to_be_in_set"}
     # Same data, same bytes: no timestamps or run ids, so `dvc diff` stays quiet.
     first, first_html = report.read_bytes(), html.read_bytes()
-    run(PARAMS, folder, report, html)
+    run(PARAMS, TEXT, folder, report, html)
     assert report.read_bytes() == first and html.read_bytes() == first_html
     # GX ran ephemeral: nothing of it appeared next to the data or the report.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared", "reports"]
@@ -213,7 +211,7 @@ def test_examples_are_capped_and_the_count_is_complete(prepared: Prepare, tmp_pa
     params = PARAMS.model_copy(update={"max_failed_rows_shown": 2})
     folder = prepared({"train": {i: (i, None, label) for i, (_, _, label) in enumerate(CLEAN["train"])}})
     with pytest.raises(ValidationFailed) as caught:
-        run(params, folder, tmp_path / "validation.json")
+        run(params, TEXT, folder, tmp_path / "validation.json")
     line = next(f for f in caught.value.result.failures if "not_be_null on column text" in f)
     assert line.startswith("[null_text] train/") and "4 of 4 rows fail" in line
     assert "line 2: null" in line and "line 3: null" in line and "line 4" not in line
@@ -265,7 +263,7 @@ def test_several_failures_are_all_listed_in_report_order(prepared: Prepare, tmp_
     folder = prepared({"train": {1: (1, None, "pos")}, "test": {1: (7, "a dull and lifeless sequel", "meh")}},
                       source=summary(malformed=[(12, "3 fields where the header has 2")]))
     with pytest.raises(ValidationFailed) as caught:
-        run(PARAMS, folder, tmp_path / "validation.json")
+        run(PARAMS, TEXT, folder, tmp_path / "validation.json")
     failures = caught.value.result.failures
     assert [f.split(":")[0] for f in failures] == [
         "[malformed_lines] source/expect_no_malformed_source_lines",
@@ -285,7 +283,7 @@ def test_a_warning_passes_with_the_warning_reported_and_as_an_error_it_fails(
 ) -> None:
     folder = prepared({"train": {4: (8, "warm and funny from start to finish", "pos")}})
     report = tmp_path / "validation.json"
-    result = run(PARAMS, folder, report)  # exact_duplicates is a warning by default
+    result = run(PARAMS, TEXT, folder, report)  # exact_duplicates is a warning by default
     assert result.success and result.failures == []
     assert result.warnings == ["[exact_duplicates] train/expect_texts_to_be_unique on column text: 1 of 5 rows "
                                "fail, e.g. line 10 'warm and funny from start to finish' repeats line 3"]
@@ -303,14 +301,14 @@ def test_a_warning_passes_with_the_warning_reported_and_as_an_error_it_fails(
 
 def test_an_error_check_set_to_warning_lets_the_data_through(prepared: Prepare, tmp_path: Path) -> None:
     folder = prepared({"train": {1: (1, None, "pos")}})
-    result = run(_severity(null_text="warning"), folder, tmp_path / "validation.json")
+    result = run(_severity(null_text="warning"), TEXT, folder, tmp_path / "validation.json")
     assert result.success and len(result.warnings) == 1 and result.warnings[0].startswith("[null_text] train/")
 
 
 def test_a_check_set_to_off_is_not_run_and_reported_as_off(prepared: Prepare, tmp_path: Path) -> None:
     folder = prepared({"train": {1: (1, None, "pos")}})
     report = tmp_path / "validation.json"
-    result = run(_severity(null_text="off", leakage="off"), folder, report)
+    result = run(_severity(null_text="off", leakage="off"), TEXT, folder, report)
     assert result.success and result.warnings == []
     entries = [c for _, c in _checks(read_json(report)) if c["check"] in ("null_text", "leakage")]
     assert len(entries) == 4 and all(c["result"] == "off" and c["success"] is None for c in entries)
@@ -328,14 +326,16 @@ def test_severities_are_typed_and_unknown_checks_are_named() -> None:
     defaults = ValidateParams().severity
     assert {k for k, v in defaults.model_dump().items() if v == "warning"} == {
         "imbalance", "exact_duplicates", "normalised_duplicates", "conflicting_labels"}
-    assert set(yaml.safe_load((ROOT / "params.yaml").read_text())["validate"]["severity"]) == EVERY_CHECK
+    documented = [set(yaml.safe_load((ROOT / name).read_text())["validate"]["severity"])
+                  for name in ("params.yaml", "images/params.yaml")]  # the image checks are documented there
+    assert documented[0] | documented[1] == EVERY_CHECK and documented[1] == IMAGE_ONLY
 
 
 # --- the row checks done in pandas ----------------------------------------------------------------------------------
 
 def test_normalised_duplicates_are_a_warning_naming_both_lines(prepared: Prepare, tmp_path: Path) -> None:
     folder = prepared({"train": {4: (8, "Warm and FUNNY -- from start to finish!", "pos")}})
-    result = run(PARAMS, folder, tmp_path / "validation.json")
+    result = run(PARAMS, TEXT, folder, tmp_path / "validation.json")
     assert result.success
     assert result.warnings == [
         "[normalised_duplicates] train/expect_normalised_texts_to_be_unique on column text: 1 of 5 rows fail, "
@@ -344,7 +344,7 @@ def test_normalised_duplicates_are_a_warning_naming_both_lines(prepared: Prepare
 
 def test_conflicting_labels_are_a_warning_listing_each_labelled_line(prepared: Prepare, tmp_path: Path) -> None:
     folder = prepared({"train": {4: (8, "A dull and lifeless sequel.", "pos")}})
-    result = run(PARAMS, folder, tmp_path / "validation.json")
+    result = run(PARAMS, TEXT, folder, tmp_path / "validation.json")
     assert result.success
     (conflict,) = [w for w in result.warnings if w.startswith("[conflicting_labels]")]
     assert ("cross_split/expect_one_label_per_normalised_text on column label: 2 of 9 rows fail, e.g. "
@@ -356,7 +356,7 @@ def test_conflicting_labels_are_a_warning_listing_each_labelled_line(prepared: P
 def test_blank_texts_are_not_also_duplicates_or_conflicts(prepared: Prepare, tmp_path: Path) -> None:
     folder = prepared({"train": {4: (8, "", "pos"), 5: (9, "", "neg")}})
     with pytest.raises(ValidationFailed) as caught:
-        run(PARAMS, folder, tmp_path / "validation.json")
+        run(PARAMS, TEXT, folder, tmp_path / "validation.json")
     assert [f.split(" ")[0] for f in caught.value.result.failures] == ["[blank_text]", "[text_length]"]
     assert caught.value.result.warnings == []
 
@@ -365,9 +365,9 @@ def test_imbalance_is_a_warning_unless_configured(prepared: Prepare, tmp_path: P
     many_pos = {i: (100 + i, f"another fine and different review number {i}", "pos") for i in range(4, 22)}
     folder = prepared({"train": many_pos})  # 20 pos, 2 neg in train: 10x
     report = tmp_path / "validation.json"
-    assert run(PARAMS, folder, report).warnings == []  # 10 is not above the limit 10
+    assert run(PARAMS, TEXT, folder, report).warnings == []  # 10 is not above the limit 10
     tighter = PARAMS.model_copy(update={"max_imbalance_ratio": 5.0})
-    result = run(tighter, folder, report)
+    result = run(tighter, TEXT, folder, report)
     assert result.success
     assert result.warnings == [
         "[imbalance] cross_split/expect_train_class_ratio_to_be_at_most on column label: largest/smallest train class "
@@ -407,7 +407,7 @@ def test_without_summary_json_malformed_lines_are_not_checked_and_the_data_passe
     prepared: Prepare, tmp_path: Path
 ) -> None:
     report = tmp_path / "validation.json"
-    result = run(PARAMS, prepared(source=None), report)
+    result = run(PARAMS, TEXT, prepared(source=None), report)
     assert result.success
     written = read_json(report)
     assert written["source"]["summary"] is None
@@ -417,7 +417,7 @@ def test_without_summary_json_malformed_lines_are_not_checked_and_the_data_passe
 
 def test_noise_counts_are_in_the_report_html_and_markdown(prepared: Prepare, tmp_path: Path) -> None:
     report = tmp_path / "validation.json"
-    run(PARAMS, prepared(source=summary(rows_changed=3, characters=7)), report)
+    run(PARAMS, TEXT, prepared(source=summary(rows_changed=3, characters=7)), report)
     written = read_json(report)
     assert written["source"]["summary"] == {
         "file": "data/raw/reviews.csv", "format": "csv", "rows_read": 8, "rows_kept": 8, "malformed_count": 0,
@@ -443,7 +443,7 @@ def test_the_html_report_lists_every_check_with_its_result_and_escapes_text(prep
     folder = prepared({"train": {1: (1, evil, "pos"), 4: (8, evil, "pos")}, "test": {1: (7, None, "neg")}})
     report, html_path = tmp_path / "out" / "validation.json", tmp_path / "out" / "page.html"
     with pytest.raises(ValidationFailed):
-        run(PARAMS, folder, report, html_path)
+        run(PARAMS, TEXT, folder, report, html_path)
     page = html_path.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "Data validation: FAILED" in page
     assert "<script" not in page and "<b>bold" not in page
@@ -459,7 +459,7 @@ def test_the_html_report_lists_every_check_with_its_result_and_escapes_text(prep
 def test_the_markdown_summary_escapes_table_cells(prepared: Prepare, tmp_path: Path) -> None:
     folder = prepared({"train": {1: (1, "a | b <i>c</i>", "pos"), 4: (8, "a | b <i>c</i>", "pos")}})
     report = tmp_path / "validation.json"
-    run(PARAMS, folder, report)
+    run(PARAMS, TEXT, folder, report)
     markdown = render_markdown(read_json(report))
     assert markdown.startswith("# Data validation: passed")
     assert "| train | `exact_duplicates` | warning | warning | 1 of 5 rows |" in markdown
@@ -470,7 +470,7 @@ def test_the_markdown_summary_escapes_table_cells(prepared: Prepare, tmp_path: P
 
 def test_missing_prepared_data_says_to_run_prepare(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="run the prepare stage first"):
-        run(PARAMS, tmp_path / "nowhere", tmp_path / "validation.json")
+        run(PARAMS, TEXT, tmp_path / "nowhere", tmp_path / "validation.json")
     assert not (tmp_path / "validation.json").exists()
 
 

@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from components import modalities
 from components.config import parse_params
+from components.modalities.image import ImageModality
+
+
+def images(params: object, **settings: object) -> ImageModality:
+    """The image modality with params' image block (some keys replaced by `settings`)."""
+    return ImageModality(params.settings("image").model_copy(update=settings))
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +29,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     params = parse_params({"data": {"modality": "image", "max_rows": 150}, "image": {"size": 32},
                            "augment": {"copies_per_example": 0.2},
                            "train": {"max_steps": 4, "batch_size": 16, "learning_rate": 1e-3}})
-    prepare(params.data, root / "prepared", None, params.image)
-    augment(params.augment, params.model, root / "prepared", root / "augmented")
-    train(params.model, params.train, root / "augmented", root / "prepared", root / "model",
-          root / "train.json", image=params.image)
+    prepare(params.data, modalities.for_params(params), root / "prepared")
+    augment(params.augment, params.model, images(params), root / "prepared", root / "augmented")
+    train(params.model, params.train, images(params), root / "augmented", root / "prepared", root / "model",
+          root / "train.json")
     return root, params
 
 
 def test_the_pretrained_backbone_loads_imagenet_weights_and_freezes_as_asked() -> None:
     import torch
 
-    from components.vision import freeze_image_backbone, image_classifier
+    from components.modalities.image.model import freeze_image_backbone, image_classifier
 
     pretrained = image_classifier(3, parse_params({}).model)
     scratch = image_classifier(3, parse_params({"model": {"pretrained": False}}).model)
@@ -50,15 +57,15 @@ def test_the_pretrained_backbone_loads_imagenet_weights_and_freezes_as_asked() -
 
 
 def test_training_writes_a_model_folder_that_predicts_the_same_after_loading(trained) -> None:
-    from components.predict import Classifier
-    from components.vision import ImagePredictor
+    from components.modalities import load_predictor
+    from components.modalities.image.model import ImagePredictor
 
     root, params = trained
     meta = json.loads((root / "model/tuneline.json").read_text())
     assert meta["modality"] == "image" and meta["image_size"] == 32 and meta["labels"] == [str(d) for d in range(10)]
     assert (root / "model/model.safetensors").is_file()
     assert json.loads((root / "train.json").read_text())["steps"] == 4
-    predictor = Classifier.load(root / "model", device="cpu")
+    predictor = load_predictor(root / "model", device="cpu")
     assert isinstance(predictor, ImagePredictor)
     files = sorted((root / "prepared/images").iterdir())[:5]
     by_path = predictor.predict_proba([str(f) for f in files])
@@ -89,7 +96,8 @@ def test_an_image_candidate_never_faces_a_text_champion(trained, monkeypatch: py
         labels = [str(d) for d in range(10)]
 
     root, params = trained
-    monkeypatch.setattr(evaluate, "load_champion", lambda name: ("tuneline-text:abc", TextChampion()))
+    monkeypatch.setattr(evaluate, "load_champion",
+                        lambda name: evaluate.Champion("tuneline-text:abc", "text", TextChampion()))
     with pytest.raises(StageError, match="is a text model, and this candidate classifies images"):
         evaluate.run(params.evaluate, root / "model", root / "prepared", root / "test2.json", root / "gate2.json",
                      model_name="tuneline-text")
@@ -104,17 +112,17 @@ def test_a_frozen_backbone_trains_the_head_on_cached_features(trained, tmp_path:
     from safetensors.torch import load_file
 
     from components.config import ModelParams
-    from components.predict import Classifier
+    from components.modalities import load_predictor
+    from components.modalities.image.model import image_classifier
     from components.train import run as train
-    from components.vision import image_classifier
 
     root, params = trained
-    caplog.set_level(logging.INFO, logger="components.vision")
+    caplog.set_level(logging.INFO, logger="components.features")
     probe = params.model.model_copy(update={"freeze_backbone": True})
     recipe = params.train.model_copy(update={"max_steps": 6, "learning_rate": 1e-2})
     work = tmp_path / "work"
-    results = [train(probe, recipe, root / "augmented", root / "prepared", tmp_path / name, tmp_path / f"{name}.json",
-                     work_dir=work, image=params.image) for name in ("first", "second")]
+    results = [train(probe, recipe, images(params), root / "augmented", root / "prepared", tmp_path / name,
+                     tmp_path / f"{name}.json", work_dir=work) for name in ("first", "second")]
 
     messages = [r.getMessage() for r in caplog.records if "feature cache" in r.getMessage()]
     assert "computed" in messages[0] and "read" in messages[1]
@@ -133,7 +141,7 @@ def test_a_frozen_backbone_trains_the_head_on_cached_features(trained, tmp_path:
     from components.io import read_split
 
     val = read_split(root / "prepared", "val")
-    predicted = Classifier.load(tmp_path / "first", device="cpu").predict([str(root / "prepared" / f)
+    predicted = load_predictor(tmp_path / "first", device="cpu").predict([str(root / "prepared" / f)
                                                                             for f in val["image"]])
     full = f1_score(val["label"].astype(str), [p.label for p in predicted], average="macro", zero_division=0)
     assert full == pytest.approx(results[0].best_val_macro_f1, abs=1e-4)
@@ -159,14 +167,14 @@ def test_a_local_transformers_checkpoint_gets_a_new_head_trains_and_predicts(tra
     import torch
     from safetensors.torch import load_file
 
-    from components.predict import Classifier
+    from components.modalities import load_predictor
+    from components.modalities.image.model import ImagePredictor
     from components.train import run as train
-    from components.vision import ImagePredictor
 
     root, params = trained
     model = params.model.model_copy(update={"name_or_path": str(vit_checkpoint), "freeze_layers": 2})
-    result = train(model, params.train, root / "augmented", root / "prepared", tmp_path / "model",
-                   tmp_path / "train.json", image=params.image)
+    result = train(model, params.train, images(params), root / "augmented", root / "prepared", tmp_path / "model",
+                   tmp_path / "train.json")
     assert result.steps == 4
     meta = json.loads((tmp_path / "model/tuneline.json").read_text())
     assert meta["architecture"] == "transformers" and meta["base_model"] == str(vit_checkpoint)
@@ -180,7 +188,7 @@ def test_a_local_transformers_checkpoint_gets_a_new_head_trains_and_predicts(tra
     layer = "vit.encoder.layer.2.output.dense.weight"
     assert not torch.equal(base[layer], tuned[layer])
 
-    predictor = Classifier.load(tmp_path / "model", device="cpu")
+    predictor = load_predictor(tmp_path / "model", device="cpu")
     assert isinstance(predictor, ImagePredictor) and predictor.mean == (0.4, 0.45, 0.5)
     files = sorted((root / "prepared/images").iterdir())[:5]
     by_path = predictor.predict_proba([str(f) for f in files])
@@ -196,8 +204,8 @@ def test_a_checkpoint_for_another_image_size_is_refused_with_the_size_to_set(tra
     root, params = trained
     model = params.model.model_copy(update={"name_or_path": str(vit_checkpoint)})
     with pytest.raises(StageError, match="set image.size to 32"):
-        train(model, params.train, root / "augmented", root / "prepared", tmp_path / "model", tmp_path / "train.json",
-              image=params.image.model_copy(update={"size": 64}))
+        train(model, params.train, images(params, size=64), root / "augmented", root / "prepared", tmp_path / "model",
+              tmp_path / "train.json")
 
 
 def test_an_interrupted_image_run_resumes_from_its_checkpoint(trained, tmp_path: Path,
@@ -209,7 +217,8 @@ def test_an_interrupted_image_run_resumes_from_its_checkpoint(trained, tmp_path:
 
     from transformers import TrainerCallback
 
-    from components import train as engine
+    from components import engine
+    from components import train as stage
 
     class Killed(Exception):
         pass
@@ -222,8 +231,8 @@ def test_an_interrupted_image_run_resumes_from_its_checkpoint(trained, tmp_path:
     recipe = params.train.model_copy(update={"max_steps": None, "epochs": 2, "early_stopping_patience": 0})
 
     def run(name: str, work: Path):  # noqa: ANN202
-        return engine.run(params.model, recipe, root / "augmented", root / "prepared", tmp_path / name,
-                          tmp_path / f"{name}.json", work_dir=work, image=params.image)
+        return stage.run(params.model, recipe, images(params), root / "augmented", root / "prepared", tmp_path / name,
+                         tmp_path / f"{name}.json", work_dir=work)
 
     straight = run("straight", tmp_path / "work-straight")
     callbacks = engine._callbacks
@@ -232,7 +241,7 @@ def test_an_interrupted_image_run_resumes_from_its_checkpoint(trained, tmp_path:
         run("resumed", tmp_path / "work")
     assert not (tmp_path / "resumed").exists()
     monkeypatch.setattr(engine, "_callbacks", callbacks)
-    caplog.set_level(logging.INFO, logger="components.train")
+    caplog.set_level(logging.INFO, logger="components.engine")
     resumed = run("resumed", tmp_path / "work")
 
     assert any("resuming from" in r.getMessage() for r in caplog.records)
@@ -250,16 +259,16 @@ def test_gradual_unfreezing_thaws_the_image_backbone_from_the_top(trained, tmp_p
     from safetensors.torch import load_file
 
     from components.config import ModelParams
+    from components.modalities.image.model import image_classifier
     from components.train import run as train
-    from components.vision import image_classifier
 
     root, params = trained
-    caplog.set_level(logging.INFO, logger="components.train")
+    caplog.set_level(logging.INFO, logger="components.engine")
     model = params.model.model_copy(update={"gradual_unfreeze": 4})
     recipe = params.train.model_copy(update={"max_steps": None, "epochs": 2, "early_stopping_patience": 0,
                                              "head_learning_rate": 1e-2})
-    train(model, recipe, root / "augmented", root / "prepared", tmp_path / "model", tmp_path / "train.json",
-          image=params.image)
+    train(model, recipe, images(params), root / "augmented", root / "prepared", tmp_path / "model",
+          tmp_path / "train.json")
 
     thawed = [r.getMessage() for r in caplog.records if "backbone groups thawed" in r.getMessage()]
     assert thawed[0].startswith("epoch 1: 0 of 18") and thawed[-1].startswith("epoch 2: 4 of 18"), thawed
@@ -279,7 +288,7 @@ def test_a_transformers_checkpoint_with_an_mlp_head_loads_back_as_trained(traine
     import torch
     from safetensors.torch import load_file
 
-    from components.predict import Classifier
+    from components.modalities import load_predictor
     from components.train import run as train
 
     root, params = trained
@@ -287,9 +296,9 @@ def test_a_transformers_checkpoint_with_an_mlp_head_loads_back_as_trained(traine
 
     model = params.model.model_copy(update={"name_or_path": str(vit_checkpoint),
                                             "head": HeadParams(type="mlp", hidden_sizes=[16])})
-    train(model, params.train, root / "augmented", root / "prepared", tmp_path / "model", tmp_path / "train.json",
-          image=params.image)
-    predictor = Classifier.load(tmp_path / "model", device="cpu")
+    train(model, params.train, images(params), root / "augmented", root / "prepared", tmp_path / "model",
+          tmp_path / "train.json")
+    predictor = load_predictor(tmp_path / "model", device="cpu")
     head = predictor.model.classifier
     assert isinstance(head, torch.nn.Sequential) and head[-1].out_features == 10
     saved = load_file(str(tmp_path / "model/model.safetensors"))

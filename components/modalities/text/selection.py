@@ -9,7 +9,6 @@ candidate is the one the train stage then fine-tunes.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,11 @@ import numpy as np
 import pandas as pd
 
 from components.config import ModelParams, TrainParams
-from components.io import write_json
-from components.model import build_classifier, resolve_model
+from components.engine import CandidateScore
+from components.modalities.text.model import EncodedTexts, build_classifier, resolve_model
 from components.stage import StageError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CandidateScore:
-    """One candidate's linear-probe result."""
-
-    name: str
-    val_macro_f1: float
-    val_accuracy: float
-    feature_size: int
 
 
 def probe_score(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
@@ -50,7 +39,7 @@ def probe_score(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val
 
 
 def rank_candidates(model_params: ModelParams, train_params: TrainParams, train: pd.DataFrame, val: pd.DataFrame,
-                    labels: list[str], device: str, cache_dir: Path | None) -> list[CandidateScore]:
+                    labels: list[str], device: str, cache_dir: Path | None, max_tokens: int) -> list[CandidateScore]:
     """Every candidate's linear-probe score, best first (ties keep the listed order).
 
     Raises:
@@ -58,8 +47,7 @@ def rank_candidates(model_params: ModelParams, train_params: TrainParams, train:
     """
     from transformers import AutoTokenizer, set_seed
 
-    from components.features import cached_vectors
-    from components.train import EncodedTexts
+    from components.modalities.text.features import cached_vectors
 
     if not len(val):
         raise StageError("model.candidates are ranked on the validation split, which is empty; set "
@@ -80,7 +68,7 @@ def rank_candidates(model_params: ModelParams, train_params: TrainParams, train:
         pad = tokenizer.pad_token_id or 0
         vectors = []
         for frame in (train, val):
-            items = EncodedTexts(tokenizer, frame, label_ids, params.max_length).items
+            items = EncodedTexts(tokenizer, frame, label_ids, max_tokens).items
             features, _ = cached_vectors(model, items, pad, train_params.batch_size * 4, device, cache_dir, kind="mean")
             vectors.append(features.numpy())
         f1, accuracy = probe_score(vectors[0], train_y, vectors[1], val_y, train_params.seed)
@@ -89,8 +77,3 @@ def rank_candidates(model_params: ModelParams, train_params: TrainParams, train:
                                      feature_size=int(vectors[0].shape[1])))
         del model
     return sorted(scores, key=lambda score: -score.val_macro_f1)
-
-
-def write_ranking(path: str | Path, chosen: str, ranking: list[CandidateScore]) -> None:
-    """The model trained and, when model.candidates were ranked, every candidate's score, best first."""
-    write_json(path, {"chosen": chosen, "candidates": [asdict(score) for score in ranking]})
