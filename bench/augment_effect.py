@@ -4,8 +4,8 @@
 is prepared once with the data block's defaults (components.prepare.run), so every model is scored on the same test
 split. For each size, that many train rows of each label (all of a smaller label) are drawn by seed, and the model
 is trained twice through components.train.run with the settings below: on those rows, and on those rows plus the
-copies components.augment.run makes of them (the augment block's defaults). components.evaluate.run scores both on
-the test split. Everything is written to a temporary folder and removed afterwards.
+copies components.augment.run makes of them (the augment and text.augment blocks' defaults). components.evaluate.run
+scores both on the test split. Everything is written to a temporary folder and removed afterwards.
 
 With the settings below one seed takes about 25 minutes on 2 quiet CPU cores (the whole-split case about 15 of
 them: it trains as `make run` does); figures depend on what else runs.
@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.config import AugmentParams, DataParams, EvaluateParams, ModelParams, TrainParams
+from components.config import AugmentParams, DataParams, EvaluateParams, ModelParams, Params, TrainParams
+from components.modalities import Modality
 
 SIZES: tuple[int | None, ...] = (32, 128, None)  # train examples per label; None = the whole train split
 DATA = DataParams()  # the built-in corpus, split as the pipeline splits it by default
@@ -70,13 +71,13 @@ def per_label(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     return pd.concat(parts).sort_values("source_row").reset_index(drop=True)
 
 
-def prepare_once(folder: Path, quick: bool) -> Path:
+def prepare_once(folder: Path, quick: bool, modality: Modality) -> Path:
     """The built-in corpus prepared with DATA into folder/prepared (val and test cut down under --quick)."""
     from components import prepare
     from components.io import read_split, write_split
 
     prepared = folder / "prepared"
-    prepare.run(DATA, prepared)
+    prepare.run(DATA, modality, prepared)
     if quick:
         for split in ("val", "test"):
             write_split(prepared, split, per_label(read_split(prepared, split), QUICK_HELD_OUT, seed=0))
@@ -84,7 +85,7 @@ def prepare_once(folder: Path, quick: bool) -> Path:
 
 
 def train_and_score(prepared: Path, train: pd.DataFrame, folder: Path, augment: AugmentParams,
-                    train_params: TrainParams) -> tuple[int, int, float, float]:
+                    train_params: TrainParams, modality: Modality) -> tuple[int, int, float, float]:
     """Augment (or pass through), fine-tune and evaluate in folder; (train rows, steps, macro-F1, baseline's)."""
     from components import augment as augment_stage
     from components import evaluate, train as train_stage
@@ -98,8 +99,8 @@ def train_and_score(prepared: Path, train: pd.DataFrame, folder: Path, augment: 
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured):
-            augment_stage.run(augment, MODEL, own, folder / "augmented")
-            trained = train_stage.run(MODEL, train_params, folder / "augmented", own, folder / "model",
+            augment_stage.run(augment, MODEL, modality, own, folder / "augmented")
+            trained = train_stage.run(MODEL, train_params, modality, folder / "augmented", own, folder / "model",
                                       folder / "train.json")
             scored = evaluate.run(EvaluateParams(), folder / "model", own, folder / "test.json", folder / "gate.json")
     except BaseException:
@@ -112,10 +113,15 @@ def train_and_score(prepared: Path, train: pd.DataFrame, folder: Path, augment: 
 def measure(sizes: tuple[int | None, ...], seeds: int, augment: AugmentParams, train_params: TrainParams,
             quick: bool) -> list[Outcome]:
     """Train and score without and with augmentation for every size and seed."""
+    from components import modalities
+
     outcomes = []
+    # DATA's modality (texts) with its block's defaults, as params.yaml ships them: text.augment (how a copy is
+    # made) and text.max_tokens 128.
+    modality = modalities.for_params(Params(data=DATA))
     with tempfile.TemporaryDirectory(prefix="tuneline-bench-augment-") as tmp:
         work = Path(tmp)
-        prepared = prepare_once(work, quick)
+        prepared = prepare_once(work, quick, modality)
         from components.io import read_split
 
         full_train = read_split(prepared, "train")
@@ -128,7 +134,8 @@ def measure(sizes: tuple[int | None, ...], seeds: int, augment: AugmentParams, t
                     params = augment.model_copy(update={"enabled": augmented, "seed": augment.seed + seed})
                     started = time.perf_counter()
                     name = f"{size or 'all'}-{seed}-{'with' if augmented else 'without'}"
-                    train_rows, done, f1, baseline = train_and_score(prepared, rows, work / name, params, settings)
+                    train_rows, done, f1, baseline = train_and_score(prepared, rows, work / name, params, settings,
+                                                                     modality)
                     outcome = Outcome(size, seed, augmented, train_rows, done, f1, baseline,
                                       time.perf_counter() - started)
                     outcomes.append(outcome)

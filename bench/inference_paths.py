@@ -73,9 +73,10 @@ class Variant:
 def corpus_texts(count: int, seed: int = 0) -> list[str]:
     """`count` distinct non-empty texts of the built-in corpus, read as the prepare stage reads it."""
     from components.config import DataParams
-    from components.prepare import load
+    from components.modalities.text.settings import TextParams
+    from components.modalities.text.source import read
 
-    texts = sorted({t for t in load(DataParams()).frame["text"].dropna() if t})
+    texts = sorted({t for t in read(DataParams(), TextParams().column).frame["text"].dropna() if t})
     picked = np.random.default_rng(seed).choice(len(texts), size=count, replace=False)
     return [texts[i] for i in picked]
 
@@ -90,8 +91,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def batched(tokenizer: Any, forward: Forward) -> Predict:
     """Classifier.predict_proba's loop (normalise, batches sorted by token count, capped at CPU_BATCH_TOKENS
     padded tokens and cut at CPU_FORWARD_TOKENS per pass, dynamic padding) around `forward`."""
-    from components.predict import CPU_BATCH_TOKENS, CPU_FORWARD_TOKENS, token_batches
-    from components.text import normalise
+    from components.modalities.text.normalise import normalise
+    from components.modalities.text.predict import CPU_BATCH_TOKENS, CPU_FORWARD_TOKENS, token_batches
 
     def predict(texts: list[str], batch_size: int) -> np.ndarray:
         cleaned = [normalise(text) for text in texts]
@@ -186,7 +187,7 @@ def build_variants(model_dir: Path, work: Path, names: set[str]) -> list[Variant
     import torch
     from transformers import AutoTokenizer
 
-    from components.predict import Classifier
+    from components.modalities.text.predict import Classifier
 
     default_threads = torch.get_num_threads()
     classifier = Classifier.load(model_dir, device="cpu")
@@ -194,7 +195,7 @@ def build_variants(model_dir: Path, work: Path, names: set[str]) -> list[Variant
     onnx_path = work / "model.onnx"
 
     def eager() -> tuple[Predict, str]:
-        return classifier.predict_proba, "components.predict.Classifier, unchanged"
+        return classifier.predict_proba, "components.modalities.text.predict.Classifier, unchanged"
 
     def eager_one_thread() -> tuple[Predict, str]:
         return batched(tokenizer, torch_forward(model)), ""
@@ -329,7 +330,9 @@ def cold_child(kind: str, model_dir: Path, onnx_path: Path) -> dict[str, Any]:
         import torch  # noqa: F401  (imports timed apart from loading)
         import transformers  # noqa: F401
 
-        from components.predict import Classifier
+        # What the text modality's load_predictor (serving's loader) runs, imported now so that its imports count
+        # as imports, not as loading.
+        from components.modalities.text.predict import Classifier
 
         imported = time.perf_counter()
         classifier = Classifier.load(model_dir, device="cpu")

@@ -251,10 +251,11 @@ def read_texts(path: Path | None, count: int, max_chars: int, seed: int) -> tupl
         candidates = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
         source = str(path)
     else:
-        from components.prepare import BUILTIN_LABEL, BUILTIN_TEXT, builtin_corpus_path, read_source
+        from components.modalities.text.source import BUILTIN_LABEL, BUILTIN_TEXT, builtin_corpus_path
+        from components.tables import read_source
 
         corpus = builtin_corpus_path()
-        candidates = [str(text).strip() for text in read_source(corpus, (BUILTIN_TEXT, BUILTIN_LABEL), ",").text]
+        candidates = [str(text).strip() for text in read_source(corpus, (BUILTIN_TEXT, BUILTIN_LABEL), ",").item]
         random.Random(seed).shuffle(candidates)
         source = "the built-in Rotten Tomatoes corpus"
     texts = [text for text in candidates if text and len(text) <= max_chars][:count]
@@ -269,7 +270,7 @@ def build_model(out: Path, base: Path | None, random_init: bool, max_length: int
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
-    from components.predict import META_FILE
+    from components.io import META_FILE
 
     # The load report would list the new head's weights as missing, which is the point here.
     transformers_logging.set_verbosity_error()
@@ -295,7 +296,9 @@ def build_model(out: Path, base: Path | None, random_init: bool, max_length: int
         what = f"{name} with a new, untrained 3-label head"
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
-    (out / META_FILE).write_text(json.dumps({"labels": LABELS, "max_length": max_length, "base_model": str(base)}))
+    # "modality" as the train stage records it, so serving loads the folder as texts without falling back.
+    (out / META_FILE).write_text(json.dumps({"modality": "text", "labels": LABELS, "max_length": max_length,
+                                             "base_model": str(base)}))
     return out, what + "; speed does not depend on the weights' values"
 
 
@@ -322,7 +325,7 @@ def measure_raw(model_dir: Path, texts: list[str], seconds: float,
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from components.predict import Classifier
+    from components.modalities.text.predict import Classifier
 
     transformers_logging.disable_progress_bar()
 
@@ -677,13 +680,14 @@ def main() -> None:
         from components.predict import read_meta
 
         params = load_params(PROJECT_ROOT / PARAMS_FILE)
+        max_tokens = params.settings("text").max_tokens
         texts, source = read_texts(args.texts, args.n_texts, params.serve.max_text_chars, args.seed)
         if args.model_dir is not None:
             model_dir, what = args.model_dir, f"the trained model folder {args.model_dir}"
         else:
             print("--- building the model", flush=True)
             (work / "model").mkdir()
-            model_dir, what = build_model(work / "model", args.base, args.random_init, params.model.max_length)
+            model_dir, what = build_model(work / "model", args.base, args.random_init, max_tokens)
         tag = store(model_dir, params.package.model_name, {"labels": read_meta(model_dir)["labels"],
                                                             "purpose": "bench.serve_speed"})
 
@@ -701,7 +705,7 @@ def main() -> None:
 
     setup = [f"model: {tag}: {what}",
              f"texts: {len(texts)} from {source}, median {raw.median_tokens:.0f} tokens "
-             f"(max_length {params.model.max_length})",
+             f"(text.max_tokens {max_tokens})",
              f"device: {raw.device}, torch threads {raw.threads} (raw loop; torch's default)",
              f"load generator: {wrk_version} ({wrk}), -t1, {args.warmup} s warm-up then {args.duration} s per point, "
              f"one text per request, round-robin over the texts"]

@@ -3,7 +3,7 @@
 `python -m bench.train_speed` (or `make bench-train`). One run trains, side by side on the same data:
 
   (a) default  - the train block as params.yaml ships it: dynamic padding, length-grouped batches, tokenised once;
-  (b) naive    - every text padded to model.max_length (128), batches in random order;
+  (b) naive    - every text padded to text.max_tokens (128), batches in random order;
   (c) probe    - the backbone frozen, the head trained on the frozen-feature cache (computed in epoch 1);
 
 each in a child process of its own, so peak resident memory (RSS) is that configuration's alone. Printed: samples/s
@@ -57,7 +57,7 @@ def model_flops(model_params: Any, train_lengths: list[int], backward: bool) -> 
     4 * layers * hidden * length^2 per text; training triples it (backward = 2x forward)."""
     from transformers import AutoConfig
 
-    from components.model import resolve_model
+    from components.modalities.text.model import resolve_model
 
     config = AutoConfig.from_pretrained(resolve_model(model_params)[0])
     d, layers = config.hidden_size, config.num_hidden_layers
@@ -73,25 +73,28 @@ def one(name: str, data: Path, work: Path) -> dict[str, Any]:
     from components.env import configure_environment
 
     configure_environment()
-    from components import train
+    from components import modalities, train
 
     spec = CONFIGS[name]
     model_params = ModelParams(**spec["model"])
     train_params = TrainParams(early_stopping_patience=0, **spec["train"])
-    result = train.run(model_params, train_params, data / "prepared", data / "prepared", work / "model",
+    # What prepare wrote (texts), with the text block's defaults: text.max_tokens 128, what (b) pads every text to.
+    modality = modalities.for_prepared(data / "prepared")
+    result = train.run(model_params, train_params, modality, data / "prepared", data / "prepared", work / "model",
                        work / "train.json", work_dir=work / "state")
     from transformers import AutoTokenizer
 
     from components.io import read_split
-    from components.model import resolve_model
+    from components.modalities.text.model import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(model_params)[0])
     texts = read_split(data / "prepared", "train")["text"].tolist()
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=model_params.max_length)["input_ids"]]
+    max_tokens = modality.settings.max_tokens
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_tokens)["input_ids"]]
     return {
         "name": name,
         "rows": result.train_rows,
-        "tokens": result.train_tokens,
+        "tokens": result.train_units,  # a text model counts them in tokens (result.unit)
         "epoch_seconds": list(result.epoch_seconds),
         "feature_seconds": result.feature_seconds,
         "val_macro_f1": result.best_val_macro_f1,
@@ -176,15 +179,16 @@ def main() -> None:
         args.out.write_text(json.dumps(one(args.one, args.data, args.work)))
         return
 
-    from components.config import DataParams
+    from components.config import DataParams, Params
     from components.env import configure_environment
 
     configure_environment()
-    from components import prepare
+    from components import modalities, prepare
 
     with tempfile.TemporaryDirectory(prefix="tuneline-bench-train-") as folder:
         work = Path(folder)
-        prepare.run(DataParams(max_rows=args.rows), work / "data" / "prepared")
+        data = DataParams(max_rows=args.rows)  # the built-in corpus: texts
+        prepare.run(data, modalities.for_params(Params(data=data)), work / "data" / "prepared")
         results = {}
         for name in CONFIGS:
             print(f"--- training {name}: {CONFIGS[name]}", flush=True)

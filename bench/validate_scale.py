@@ -60,7 +60,7 @@ def vocabulary() -> tuple[list[str], np.ndarray]:
     try:
         import pandas as pd
 
-        from components.prepare import builtin_corpus_path
+        from components.modalities.text.source import builtin_corpus_path
 
         texts = pd.read_csv(builtin_corpus_path())["text"].dropna()
     except Exception:  # the corpus package is optional for a benchmark; the fixed list keeps it running
@@ -109,19 +109,23 @@ def synthesize(path: Path, rows: int = ROWS, seed: int = SEED) -> None:
 
 
 def _prepare(csv_path: str, prepared: str) -> tuple[int, str]:
-    from components.config import DataParams
+    from components import modalities
+    from components.config import DataParams, Params
     from components.prepare import run
 
-    result = run(DataParams(path=csv_path), prepared)
+    data = DataParams(path=csv_path)  # data.modality text, the text block's defaults (text.column: text)
+    result = run(data, modalities.for_params(Params(data=data)), prepared)
     return sum(result.counts.values()), f"{result.counts} rows per split"
 
 
 def _validate(prepared: str, report: str, html: str) -> tuple[int, str]:
+    from components import modalities
     from components.config import ValidateParams
     from components.validate import ValidationFailed, run
 
     try:
-        result = run(ValidateParams(), prepared, report, html)
+        # What prepare recorded (texts), with the text block's defaults (text.min_chars, text.max_chars).
+        result = run(ValidateParams(), modalities.for_prepared(prepared), prepared, report, html)
     except ValidationFailed as exc:
         result = exc.result
     verdict = "passed" if result.success else f"FAILED ({len(result.failures)} error check(s))"
