@@ -19,7 +19,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run run-images serve serve-images schedule predict test test-unit bench bench-train bench-validate bench-augment bench-serve clean
+.PHONY: help install run repro run-images serve serve-images schedule predict test test-unit bench bench-train bench-validate bench-augment bench-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ install: $(VENV)/.installed  ## create .venv and install the pinned dependencies
 
 run: install  ## run the whole pipeline (Prefect flow over dvc.yaml) on the configured data
 	$(VENV)/bin/tuneline run
+
+repro: install  ## dvc repro with the project's environment (no need to activate .venv); the same stages as make run
+	$(VENV)/bin/dvc repro
 
 run-images: install  ## the image pipeline (images/params.yaml: digits, EfficientNet-Lite0), then the same network untrained
 	@# the comparison runs even when the gate refused the candidate (it compares models/candidate); the exit status
