@@ -273,6 +273,7 @@ class TrainParams(Block):
     logging_steps: Annotated[int, Field(ge=1)] = 25  # loss and learning rate logged (dvclive) every N steps
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    calibrate: bool = True  # fit a temperature on the val split after training; evaluate and serving apply it
 
 
 class EvaluateParams(Block):
@@ -393,7 +394,8 @@ class PathsParams(Block):
     verdict: str = "metrics/gate.json"
     predictions: str = "reports/predictions.csv"  # every test row: label, predicted, probability, text
     per_class: str = "reports/per_class.csv"
-    reliability: str = "reports/reliability.csv"
+    reliability: str = "reports/reliability.csv"  # the reliability diagram of the probabilities served
+    reliability_uncalibrated: str = "reports/reliability_uncalibrated.csv"  # and before temperature scaling
     evaluation_report: str = "reports/evaluation.md"
     packaged: str = "models/packaged.json"
     train_live: str = "metrics/train"  # dvclive: loss, learning rate and validation metrics per step

@@ -146,15 +146,23 @@ def write_outputs(test: pd.DataFrame, column: str, items: list[Any], truth: list
             for label, figures in results["model"]["per_class"].items()]))
     if paths.get("reliability") is not None:
         _write_csv(paths["reliability"], pd.DataFrame(m.reliability_bins(probabilities, true_index)))
+    if paths.get("reliability_uncalibrated") is not None:
+        from components.calibration import temperature_scale
+
+        raw = temperature_scale(probabilities, 1 / results["model"]["temperature"])
+        _write_csv(paths["reliability_uncalibrated"], pd.DataFrame(m.reliability_bins(raw, true_index)))
     if paths.get("report") is not None:
         mistakes = m.most_confident_mistakes(items, truth, predicted, top.tolist())
         write_text(paths["report"], render_report(results, decision, mistakes, m.confusion(truth, predicted, labels),
                                                   labels))
 
 
-def score(probabilities: np.ndarray, truth: list[str], labels: list[str], params: EvaluateParams) -> dict[str, Any]:
-    """The candidate's test metrics: classification figures, prediction shares, bootstrap intervals, calibration."""
+def score(probabilities: np.ndarray, truth: list[str], labels: list[str], params: EvaluateParams,
+          temperature: float = 1.0) -> dict[str, Any]:
+    """The candidate's test metrics: classification figures, prediction shares, bootstrap intervals, calibration
+    of the probabilities served (temperature-scaled) and of the network's own."""
     from components import metrics as m
+    from components.calibration import temperature_scale
 
     predicted = [labels[i] for i in probabilities.argmax(axis=1)]
     model_metrics = m.classification_metrics(truth, predicted, labels)
@@ -163,13 +171,17 @@ def score(probabilities: np.ndarray, truth: list[str], labels: list[str], params
                                                        params.confidence, params.seed)
     true_index = np.array([labels.index(label) for label in truth])
     model_metrics["ece"] = round(m.expected_calibration_error(probabilities, true_index), DIGITS)
+    model_metrics["ece_uncalibrated"] = round(m.expected_calibration_error(
+        temperature_scale(probabilities, 1 / temperature), true_index), DIGITS)
+    model_metrics["temperature"] = temperature
     return model_metrics
 
 
 def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path, metrics_path: str | Path,
         verdict_path: str | Path, *, model_name: str | None = None, train_metrics_path: str | Path | None = None,
         predictions_path: str | Path | None = None, per_class_path: str | Path | None = None,
-        reliability_path: str | Path | None = None, report_path: str | Path | None = None) -> EvaluateResult:
+        reliability_path: str | Path | None = None, reliability_uncalibrated_path: str | Path | None = None,
+        report_path: str | Path | None = None) -> EvaluateResult:
     """Score the candidate, the modality's simple baseline and the champion on the test split; decide the gate.
 
     A refused candidate is not an error here: the verdict records it and the package stage refuses to ship.
@@ -184,7 +196,8 @@ def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path,
         train_metrics_path: the train stage's summary (its val_loss feeds the collapse check).
         predictions_path: every test row with its true and predicted label and probability (CSV; the confusion plot).
         per_class_path: per-class precision, recall and F1 (CSV; a bar plot).
-        reliability_path: the reliability diagram's bins (CSV).
+        reliability_path: the reliability diagram's bins (CSV), of the probabilities served (temperature-scaled).
+        reliability_uncalibrated_path: the same, of the network's own probabilities (before the temperature).
         report_path: the markdown report a person reads.
 
     Returns:
@@ -208,7 +221,7 @@ def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path,
     items = modality.inputs(test, Path(prepared_dir))
     probabilities = candidate_probabilities(predictor, items, params, model_dir)
     predicted = [labels[i] for i in probabilities.argmax(axis=1)]
-    model_metrics = score(probabilities, truth, labels, params)
+    model_metrics = score(probabilities, truth, labels, params, predictor.temperature)
     baseline_name, baseline = modality.baseline(train, test, Path(prepared_dir))
     baseline_metrics = m.classification_metrics(truth, baseline, labels)
     champion = load_champion(model_name) if model_name else None
@@ -224,7 +237,7 @@ def run(params: EvaluateParams, model_dir: str | Path, prepared_dir: str | Path,
     write_json(verdict_path, decision)
     write_outputs(test, modality.column, items, truth, predicted, probabilities, results, decision, labels,
                   {"predictions": predictions_path, "per_class": per_class_path, "reliability": reliability_path,
-                   "report": report_path})
+                   "reliability_uncalibrated": reliability_uncalibrated_path, "report": report_path})
     interval = model_metrics["intervals"]["macro_f1"]
     print(f"test macro-F1: model {model_metrics['macro']['f1']:.4f} [{interval[0]:.4f}, {interval[1]:.4f}], "
           f"{baseline_name} {baseline_metrics['macro']['f1']:.4f} ({len(test)} test rows)")
@@ -246,7 +259,9 @@ def main() -> None:
         return run(p.evaluate, p.paths.model, p.paths.prepared, p.paths.metrics, p.paths.verdict,
                    model_name=p.package.model_name, train_metrics_path=p.paths.train_metrics,
                    predictions_path=p.paths.predictions, per_class_path=p.paths.per_class,
-                   reliability_path=p.paths.reliability, report_path=p.paths.evaluation_report)
+                   reliability_path=p.paths.reliability,
+                   reliability_uncalibrated_path=p.paths.reliability_uncalibrated,
+                   report_path=p.paths.evaluation_report)
 
     stage_main("evaluate", _run)
 

@@ -35,6 +35,28 @@ class Predictor(Protocol):
         """The top label, its probability and every label's probability, for each item."""
 
 
+class Calibrated:
+    """A predictor whose probabilities go through the temperature fitted at training (components/calibration.py);
+    everything else (labels, device, the model) is the wrapped predictor's."""
+
+    def __init__(self, inner: Predictor, temperature: float = 1.0) -> None:
+        self.inner = inner
+        self.temperature = float(temperature)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def predict_proba(self, items: list[Any], batch_size: int = 32) -> np.ndarray:
+        """The wrapped predictor's probabilities, temperature-scaled."""
+        from components.calibration import temperature_scale
+
+        return temperature_scale(self.inner.predict_proba(items, batch_size), self.temperature)
+
+    def predict(self, items: list[Any], batch_size: int = 32) -> list[Prediction]:
+        """The top label, its probability and every label's probability, for each item."""
+        return to_predictions(self.predict_proba(items, batch_size), self.inner.labels)
+
+
 def pick_device(requested: str = "auto") -> str:
     """'cuda' when asked for or available under 'auto', else 'cpu'."""
     import torch

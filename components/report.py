@@ -107,15 +107,14 @@ def _confusion_section(matrix: list[list[int]], labels: list[str]) -> list[str]:
 
 
 def _calibration_section(model: dict[str, Any]) -> list[str]:
-    """The expected calibration error, or a note that it was not computed."""
+    """The expected calibration error of the probabilities served, and before the temperature when one was fitted."""
     ece = model.get("ece")
     text = "not computed" if ece is None else _number(ece)
-    return [
-        "## Calibration",
-        "",
-        f"Expected calibration error (top-label confidence, equal-width bins): {text}.",
-        "",
-    ]
+    lines = ["## Calibration", "", f"Expected calibration error (top-label confidence, equal-width bins): {text}."]
+    if model.get("temperature") not in (None, 1.0) and model.get("ece_uncalibrated") is not None:
+        lines.append(f"The probabilities are temperature-scaled (T = {float(model['temperature']):.4f}, fitted on the "
+                     f"val split); before that the error was {_number(model['ece_uncalibrated'])}.")
+    return [*lines, ""]
 
 
 def _champion_section(champion: dict[str, Any] | None, model: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ from components import modalities
 from components.config import ModelParams, Params, TrainParams
 from components.engine import CandidateScore, Job, TrainResult, fit, run_fingerprint, training_data
 from components.features import NotCacheable, on_cached_features
-from components.io import META_FILE, write_json
+from components.io import META_FILE, read_json, write_json
 from components.modalities import Built, Modality
 from components.model import parameter_counts
 from components.stage import StageError, stage_main
@@ -95,6 +95,32 @@ def plan(modality: Modality, built: Built, train: pd.DataFrame, val: pd.DataFram
                length_grouping=grouping, thaw=built.thaw, feature_seconds=seconds)
 
 
+def calibrate(modality: Modality, model_dir: Path, val: pd.DataFrame, prepared_dir: Path, labels: list[str],
+              device: str, batch_size: int, metrics_path: str | Path) -> dict[str, float]:
+    """Fit the temperature on the val split with the saved model (components/calibration.py), write it into the
+    model's tuneline.json, and add the val split's calibration before and after to the training summary."""
+    import numpy as np
+
+    from components.calibration import fit_temperature, negative_log_likelihood, temperature_scale
+    from components.metrics import expected_calibration_error
+    from components.predict import read_meta
+
+    raw = modality.load_model(model_dir, device).predict_proba(modality.inputs(val, prepared_dir), batch_size)
+    true_index = np.array([labels.index(label) for label in val["label"]])
+    temperature = fit_temperature(raw, true_index)
+    scaled = temperature_scale(raw, temperature)
+    figures = {"temperature": temperature,
+               "val_ece": expected_calibration_error(raw, true_index),
+               "val_ece_calibrated": expected_calibration_error(scaled, true_index),
+               "val_nll": round(negative_log_likelihood(raw, true_index), 6),
+               "val_nll_calibrated": round(negative_log_likelihood(scaled, true_index), 6)}
+    write_json(model_dir / META_FILE, {**read_meta(model_dir), "temperature": temperature})
+    write_json(metrics_path, {**read_json(metrics_path), **figures})
+    log.info("temperature %.4f fitted on %d val %s: expected calibration error %.4f -> %.4f", temperature, len(val),
+             modality.items, figures["val_ece"], figures["val_ece_calibrated"])
+    return figures
+
+
 def run(model_params: ModelParams, train_params: TrainParams, modality: Modality, augmented_dir: str | Path,
         prepared_dir: str | Path, out_dir: str | Path, metrics_path: str | Path, *,
         work_dir: str | Path | None = None, live_dir: str | Path | None = None,
@@ -144,6 +170,9 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
                  work_dir=work_dir, live_dir=live_dir, world_size=world_size, custom_loss=world_size > 1)
     log.info("trained %d steps on %d %s; best validation macro-F1 %.4f", result.steps, result.train_rows,
              modality.items, result.best_val_macro_f1)
+    if train_params.calibrate and len(val) and int(os.environ.get("RANK", "0")) == 0:
+        calibrate(modality, Path(out_dir), val, Path(prepared_dir), labels, device, train_params.batch_size * 2,
+                  metrics_path)
     return result
 
 

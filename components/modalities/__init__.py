@@ -226,8 +226,14 @@ class Modality(ABC):
         """(its name, its test predictions): the simple model the gate asks the candidate to beat."""
 
     @abstractmethod
+    def load_model(self, model_dir: Path, device: str = "auto") -> Predictor:
+        """A trained model folder ready to predict, its probabilities as the network gives them."""
+
     def load_predictor(self, model_dir: Path, device: str = "auto") -> Predictor:
-        """A trained model folder ready to predict."""
+        """A trained model folder ready to predict, with the temperature training fitted (tuneline.json)."""
+        from components.predict import Calibrated, read_meta
+
+        return Calibrated(self.load_model(model_dir, device), read_meta(model_dir).get("temperature", 1.0))
 
     @abstractmethod
     def decode_request(self, item: Any) -> Any:

@@ -178,7 +178,7 @@ class VectorModality(Modality):
         fitted = NearestCentroid().fit(np.stack(train["vector"].map(parse)), train["label"])
         return "nearest centroid", [str(v) for v in fitted.predict(np.stack(test["vector"].map(parse)))]
 
-    def load_predictor(self, model_dir: Path, device: str = "auto") -> Any:
+    def load_model(self, model_dir: Path, device: str = "auto") -> Any:
         from safetensors.torch import load_file
 
         meta = json.loads((Path(model_dir) / "tuneline.json").read_text())

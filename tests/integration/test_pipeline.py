@@ -40,6 +40,22 @@ def test_dvc_repro_trains_gates_and_packages(project: Path, reproduced: subproce
     assert "macro" in shown.stdout and "f1" in shown.stdout
 
 
+def test_the_temperature_fitted_on_val_is_stored_and_reported(project: Path, reproduced) -> None:
+    """train fits a temperature on the val split and stores it with the model; evaluate reports the test ECE of the
+    probabilities served and of the network's own, and `dvc plots` draws both reliability diagrams in one."""
+    meta = json.loads((project / "models/candidate/tuneline.json").read_text())
+    training = json.loads((project / "metrics/train.json").read_text())
+    assert meta["temperature"] == training["temperature"] > 0 and training["temperature"] != 1.0
+    assert training["val_nll_calibrated"] <= training["val_nll"]  # the fit minimises the val NLL
+    model = json.loads((project / "metrics/test.json").read_text())["model"]
+    assert model["temperature"] == meta["temperature"] and 0 <= model["ece"] <= 1 and 0 <= model["ece_uncalibrated"]
+    assert model["ece"] != model["ece_uncalibrated"]
+    plots = json.loads(dvc(project, "plots", "show", "--json").stdout)["data"]
+    drawn = {row["filename"] for row in plots["reliability"][0]["content"]["data"]["values"]}
+    assert drawn == {"reliability.csv", "reliability_uncalibrated.csv"}  # DVC names each line by its file
+    assert "temperature-scaled" in (project / "reports/evaluation.md").read_text()
+
+
 def test_served_predictions_equal_the_evaluate_stages(project: Path, reproduced, project_root: Path,
                                                       tmp_path: Path) -> None:
     """The packaged model, served over HTTP, gives the test rows the label and probability that evaluate wrote.

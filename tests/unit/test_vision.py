@@ -66,7 +66,7 @@ def test_training_writes_a_model_folder_that_predicts_the_same_after_loading(tra
     assert (root / "model/model.safetensors").is_file()
     assert json.loads((root / "train.json").read_text())["steps"] == 4
     predictor = load_predictor(root / "model", device="cpu")
-    assert isinstance(predictor, ImagePredictor)
+    assert isinstance(predictor.inner, ImagePredictor)  # temperature-scaled (components/calibration.py)
     files = sorted((root / "prepared/images").iterdir())[:5]
     by_path = predictor.predict_proba([str(f) for f in files])
     by_bytes = predictor.predict_proba([f.read_bytes() for f in files])
@@ -189,7 +189,7 @@ def test_a_local_transformers_checkpoint_gets_a_new_head_trains_and_predicts(tra
     assert not torch.equal(base[layer], tuned[layer])
 
     predictor = load_predictor(tmp_path / "model", device="cpu")
-    assert isinstance(predictor, ImagePredictor) and predictor.mean == (0.4, 0.45, 0.5)
+    assert isinstance(predictor.inner, ImagePredictor) and predictor.mean == (0.4, 0.45, 0.5)
     files = sorted((root / "prepared/images").iterdir())[:5]
     by_path = predictor.predict_proba([str(f) for f in files])
     assert by_path.shape == (5, 10) and np.allclose(by_path.sum(axis=1), 1.0)

@@ -138,7 +138,7 @@ class ImageModality(Modality):
             [Path(folder) / image for image in train["image"]], train["label"].tolist(),
             [Path(folder) / image for image in test["image"]])
 
-    def load_predictor(self, model_dir: Path, device: str = "auto") -> Any:
+    def load_model(self, model_dir: Path, device: str = "auto") -> Any:
         from components.modalities.image.model import ImagePredictor
 
         return ImagePredictor.load(model_dir, device)

@@ -154,7 +154,7 @@ class TextModality(Modality):
     def baseline(self, train: pd.DataFrame, test: pd.DataFrame, folder: Path) -> tuple[str, list[str]]:
         return "TF-IDF baseline", tfidf_predictions(train, test)
 
-    def load_predictor(self, model_dir: Path, device: str = "auto") -> Any:
+    def load_model(self, model_dir: Path, device: str = "auto") -> Any:
         from components.modalities.text.predict import Classifier
 
         return Classifier.load(model_dir, device)
