@@ -31,18 +31,28 @@ class DataParams(Block):
 
     modality: str = "text"  # a registered modality (components/modalities): its block of params.yaml applies
     path: str = BUILTIN
+    val_path: str | None = None  # the validation split as a file of its own (then path holds train and maybe test)
+    test_path: str | None = None  # the test split as a file of its own: a fixed benchmark is scored on exactly it
     label_column: str = "label"
     labels: list[str] | None = None
     delimiter: str | None = None
     encoding: str = "utf-8"
     val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.15
+    # random: stratified by label, reshuffled whenever rows are added; hash: each row's split follows from its item
+    # and the seed alone, so adding rows never moves an old one. Files without the key keep random (their splits).
+    split: Literal["random", "hash"] = "random"
     seed: int = 42
     max_rows: Annotated[int, Field(ge=10)] | None = None
 
     @property
     def is_builtin(self) -> bool:
         return self.path.strip() in ("", BUILTIN)
+
+    @property
+    def given_splits(self) -> dict[str, str]:
+        """The splits given as files of their own (val_path, test_path): split name -> path."""
+        return {name: path for name, path in (("val", self.val_path), ("test", self.test_path)) if path}
 
     @field_validator("modality")
     @classmethod
@@ -307,7 +317,7 @@ class ServeParams(Block):
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
     max_latency_ms: Annotated[int, Field(ge=1)] = 200
     max_texts_per_request: Annotated[int, Field(ge=1)] = 256
-    max_text_chars: Annotated[int, Field(ge=1)] = 10_000
+    max_text_chars: Annotated[int, Field(ge=1)] = 200_000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4_000_000
     batching: bool = True
     batch_gather: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1

@@ -14,6 +14,7 @@ only), so their source_row continues the source's, and their `line` is their 1-b
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,7 @@ from components import modalities
 from components.config import DataParams, Params
 from components.io import LABELS_FILE, SPLITS, SUMMARY_FILE, atomic_dir, write_json, write_split
 from components.modalities import Loaded, Modality
-from components.stage import stage_main
+from components.stage import StageError, stage_main
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,19 @@ def append_accepted(loaded: Loaded, accepted_dir: str | Path | None, modality: M
                   format=loaded.format, rows_read=loaded.rows_read + rows_read, malformed=loaded.malformed)
 
 
+def combine(loaded: Loaded, more: list[Loaded]) -> Loaded:
+    """One Loaded of the source and the given split files, for summary.json: rows, sources and malformed lines of
+    all (a malformed line of a split file says the file)."""
+    if not more:
+        return loaded
+    malformed = list(loaded.malformed)
+    for part in more:
+        malformed += [replace(m, problem=f"{part.source}: {m.problem}") for m in part.malformed]
+    return Loaded(frame=pd.concat([loaded.frame, *(part.frame for part in more)], ignore_index=True),
+                  source=" + ".join([loaded.source, *(part.source for part in more)]), format=loaded.format,
+                  rows_read=loaded.rows_read + sum(part.rows_read for part in more), malformed=malformed)
+
+
 def summarise(loaded: Loaded, kept: pd.DataFrame, modality: Modality) -> dict[str, Any]:
     """summary.json: the modality, what was read, kept and skipped, and the noise cleaning removed from the kept
     rows (components.io.read_summary lists the keys)."""
@@ -132,6 +146,48 @@ def split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: 
     return Splits(**parts)
 
 
+def hash_split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int, keys: pd.Series) -> Splits:
+    """Each row's split from a hash of its item key and `seed` alone: a point in [0, 1) below test_fraction is
+    test, below test_fraction + val_fraction val, else train.
+
+    Rows sharing a key share a split, and a row's split never depends on the other rows, so adding rows (a scheduled
+    run's incoming files) leaves every earlier row where it was: the champion and a candidate are scored on a test
+    set that only grows, and never on rows either trained on. The shares per label are the fractions on average,
+    not exactly (a class of a few rows can miss a split; validate's min_per_class and empty_split checks say so).
+    """
+    salt = f"tuneline-split|{seed}|".encode()
+    point = np.array([int.from_bytes(hashlib.sha256(salt + str(key).encode()).digest()[:8], "big") / 2.0**64
+                      for key in keys], dtype=np.float64)
+    where = np.where(point < test_fraction, "test", np.where(point < test_fraction + val_fraction, "val", "train"))
+    parts = {name: frame[where == name].reset_index(drop=True) for name in SPLITS}
+    return Splits(**parts)
+
+
+SPLITTERS = {"random": split, "hash": hash_split}  # data.split
+
+
+def given_splits(data: DataParams, modality: Modality, work: Path, offset: int) -> dict[str, Loaded]:
+    """The splits data.val_path / data.test_path give, each read as data.path is, source_row continuing from
+    `offset` (the rows before them) so that every row of the project keeps one number."""
+    given = {}
+    for name, path in data.given_splits.items():
+        try:
+            part = modality.read(data.model_copy(update={"path": path}), work / name)
+        except StageError as exc:  # the modality's reader names data.path; this file is the split's own key
+            raise StageError(str(exc).replace("data.path", f"data.{name}_path")) from None
+        part.frame["source_row"] += offset
+        offset += part.rows_read
+        given[name] = replace(part, source=f"data.{name}_path {path}")
+    return given
+
+
+def assign(frame: pd.DataFrame, data: DataParams, keys: pd.Series, given: dict[str, pd.DataFrame]) -> Splits:
+    """The splits: data.split's assignment of `frame` into the splits not given as files, then the given ones."""
+    fractions = {name: 0.0 if name in given else getattr(data, f"{name}_fraction") for name in ("val", "test")}
+    splits = SPLITTERS[data.split](frame, fractions["val"], fractions["test"], data.seed, keys)
+    return replace(splits, **given)
+
+
 def label_list(frame: pd.DataFrame, configured: list[str] | None) -> list[str]:
     """The configured label list, or the sorted distinct labels found in the data."""
     if configured:
@@ -140,14 +196,16 @@ def label_list(frame: pd.DataFrame, configured: list[str] | None) -> list[str]:
 
 
 def warn_if_unwatched(params: DataParams, raw_dir: str | Path) -> None:
-    """Warn when data.path lies outside the folder dvc.yaml watches: DVC would not see that file change."""
-    if params.is_builtin:
-        return
-    if not Path(params.path).resolve().is_relative_to(Path(raw_dir).resolve()):
-        log.warning(
-            "data.path %s is outside %s, which dvc.yaml watches: `dvc repro` will not notice when that file "
-            "changes. Move or copy it into %s/ and point data.path there.", params.path, raw_dir, raw_dir
-        )
+    """Warn when data.path (or a given split's file) lies outside the folder dvc.yaml watches: DVC would not see
+    that file change."""
+    files = {} if params.is_builtin else {"path": params.path}
+    files.update({f"{name}_path": path for name, path in params.given_splits.items()})
+    for key, path in files.items():
+        if not Path(path).resolve().is_relative_to(Path(raw_dir).resolve()):
+            log.warning(
+                "data.%s %s is outside %s, which dvc.yaml watches: `dvc repro` will not notice when that file "
+                "changes. Move or copy it into %s/ and point data.%s there.", key, path, raw_dir, raw_dir, key
+            )
 
 
 def run(data: DataParams, modality: Modality, out_dir: str | Path,
@@ -172,20 +230,22 @@ def run(data: DataParams, modality: Modality, out_dir: str | Path,
         loaded = modality.read(data, Path(work))
         loaded = replace(loaded, frame=subsample(loaded.frame, data.max_rows, data.seed))
         loaded = append_accepted(loaded, accepted_dir, modality, data)
-        frame = loaded.frame
-        summary = summarise(loaded, frame, modality)
-        frame = frame.drop(columns=NOISE, errors="ignore")
-        labels = label_list(frame, data.labels)
-        splits = split(frame, data.val_fraction, data.test_fraction, data.seed, modality.item_key(frame).fillna(""))
+        given = given_splits(data, modality, Path(work), offset=loaded.rows_read)
+        everything = combine(loaded, list(given.values()))
+        summary = summarise(everything, everything.frame, modality)
+        frame = loaded.frame.drop(columns=NOISE, errors="ignore")
+        given_frames = {name: part.frame.drop(columns=NOISE, errors="ignore") for name, part in given.items()}
+        labels = label_list(everything.frame, data.labels)
+        splits = assign(frame, data, modality.item_key(frame).fillna(""), given_frames)
         for name, part in splits.items():
             write_split(tmp, name, modality.store(part, tmp))
         write_json(tmp / LABELS_FILE, labels)
         write_json(tmp / SUMMARY_FILE, summary)
     counts = {name: len(part) for name, part in splits.items()}
     log.info("prepared %s (%s): %s rows per split, labels %s; %d record(s) read, %d malformed, %d row(s) cleaned of "
-             "%d control character(s)", loaded.source, modality.items, counts, labels, loaded.rows_read,
-             len(loaded.malformed), summary["noise"]["rows_changed"], summary["noise"]["characters_replaced"])
-    return PrepareResult(counts=counts, labels=labels, source=loaded.source, summary=summary)
+             "%d control character(s)", everything.source, modality.items, counts, labels, everything.rows_read,
+             len(everything.malformed), summary["noise"]["rows_changed"], summary["noise"]["characters_replaced"])
+    return PrepareResult(counts=counts, labels=labels, source=everything.source, summary=summary)
 
 
 def main() -> None:

@@ -527,3 +527,96 @@ def test_the_command_line_reports_malformed_lines_and_succeeds(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert "skipped 2 malformed record(s) (line 4, 9)" in result.stderr
     assert read_summary(tmp_path / "data" / "prepared")["malformed_count"] == 2
+
+
+def hash_split(data: pd.DataFrame, val: float, test: float, seed: int) -> prepare.Splits:
+    """prepare.hash_split keyed as text's rows are."""
+    return prepare.hash_split(data, val, test, seed, TextModality().item_key(data).fillna(""))
+
+
+def homes(splits: prepare.Splits) -> dict[int, str]:
+    return {int(row): name for name, part in splits.items() for row in part["source_row"]}
+
+
+def test_hash_split_never_moves_a_row_when_rows_are_added() -> None:
+    rows = [(f"review number {i}", "a" if i % 3 else "b") for i in range(2000)]
+    before = homes(hash_split(frame(rows[:1000]), 0.15, 0.15, seed=42))
+    after = homes(hash_split(frame(rows), 0.15, 0.15, seed=42))
+    assert {row: after[row] for row in before} == before
+    shares = pd.Series(after).value_counts(normalize=True)
+    assert 0.12 < shares["test"] < 0.18 and 0.12 < shares["val"] < 0.18
+    assert homes(hash_split(frame(rows), 0.15, 0.15, seed=43)) != after  # the seed is part of the hash
+
+
+def test_hash_split_keeps_duplicates_together_and_ignores_the_label() -> None:
+    rows = [(f"text {i}", "a" if i % 2 else "b") for i in range(300)]
+    rows += [("TEXT 3!", "b"), ("text   3", "a")]
+    found = homes(hash_split(frame(rows), 0.2, 0.2, seed=1))
+    assert found[300] == found[301] == found[3]
+
+
+def test_prepare_with_hash_splits_keeps_old_test_rows_in_test_as_accepted_rows_arrive(tmp_path: Path) -> None:
+    data = corpus(60)
+    source = tmp_path / "data.csv"
+    data[["text", "label"]].to_csv(source, index=False)
+    params = DataParams(path=str(source), split="hash")
+    run(params, tmp_path / "first")
+    first_test = set(read_split(tmp_path / "first", "test")["text"])
+    accepted = tmp_path / "accepted"
+    accepted.mkdir()
+    pd.DataFrame({"text": [f"an incoming review {i}" for i in range(50)],
+                  "label": ["a", "b"] * 25}).to_parquet(accepted / "0001.parquet")
+    run(params, tmp_path / "second", accepted)
+    second = {name: set(read_split(tmp_path / "second", name)["text"]) for name in SPLITS}
+    assert first_test and first_test <= second["test"]
+    assert len(second["test"]) > len(first_test)  # some incoming rows landed in test too
+    run(DataParams(path=str(source), split="random"), tmp_path / "random-first")
+    run(DataParams(path=str(source), split="random"), tmp_path / "random-second", accepted)
+    moved = (set(read_split(tmp_path / "random-first", "test")["text"])
+             - set(read_split(tmp_path / "random-second", "test")["text"]))
+    assert moved  # what random splits do instead: old test rows go to train or val
+
+
+def write_rows(path: Path, rows: list[tuple[str, str]]) -> str:
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(path, index=False)
+    return str(path)
+
+
+def test_val_and_test_files_are_the_splits_exactly(tmp_path: Path) -> None:
+    train = write_rows(tmp_path / "train.csv", [(f"a train review {i}", "ab"[i % 2]) for i in range(40)])
+    val = write_rows(tmp_path / "val.csv", [(f"a val review {i}", "ab"[i % 2]) for i in range(6)])
+    test = write_rows(tmp_path / "test.csv", [(f"a test review {i}", "ab"[i % 2]) for i in range(8)])
+    result = run(DataParams(path=train, val_path=val, test_path=test), tmp_path / "both")
+    assert result.counts == {"train": 40, "val": 6, "test": 8}
+    got_test = read_split(tmp_path / "both", "test")
+    assert got_test["text"].tolist() == [f"a test review {i}" for i in range(8)]
+    assert got_test["line"].tolist() == list(range(2, 10))  # lines of test.csv
+    assert sorted(every_row(tmp_path / "both")["source_row"]) == list(range(54))  # one number per row
+    summary = read_summary(tmp_path / "both")
+    assert summary["rows_read"] == 54 and "data.test_path" in summary["source"]
+
+    only_test = run(DataParams(path=train, test_path=test, val_fraction=0.25), tmp_path / "test-only")
+    assert only_test.counts == {"train": 30, "val": 10, "test": 8}  # val comes out of data.path
+    assert set(read_split(tmp_path / "test-only", "test")["text"]) == set(got_test["text"])
+
+
+def test_a_given_split_file_that_is_missing_is_named(tmp_path: Path) -> None:
+    train = write_rows(tmp_path / "train.csv", [(f"a review {i}", "ab"[i % 2]) for i in range(20)])
+    with pytest.raises(StageError, match="data.test_path .*nope.csv.* does not exist; set data.test_path"):
+        run(DataParams(path=train, test_path=str(tmp_path / "nope.csv")), tmp_path / "out")
+
+
+def test_a_row_of_the_test_file_also_in_train_stops_validate_with_both_rows_named(tmp_path: Path) -> None:
+    from components.config import ValidateParams
+    from components.validate import ValidationFailed
+    from components.validate import run as validate
+
+    train_rows = [(f"a train review {i}", "ab"[i % 2]) for i in range(30)] + [("The Same Review!", "a")]
+    train = write_rows(tmp_path / "train.csv", train_rows)
+    test = write_rows(tmp_path / "test.csv", [("the same review", "a")] + [(f"a test review {i}", "ab"[i % 2])
+                                                                         for i in range(6)])
+    run(DataParams(path=train, test_path=test), tmp_path / "out")
+    with pytest.raises(ValidationFailed) as caught:
+        validate(ValidateParams(), TextModality(), tmp_path / "out", tmp_path / "validation.json")
+    message = str(caught.value)
+    assert "[leakage]" in message and "'The Same Review!'" in message and "test line 2" in message
