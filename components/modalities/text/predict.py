@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from components.modalities.text.model import tokenize
 from components.modalities.text.normalise import normalise
 from components.predict import Prediction, pick_device, read_meta, to_predictions
 
@@ -21,12 +22,14 @@ CPU_FORWARD_TOKENS = 100.0
 class Classifier:
     """A fine-tuned sequence classifier with its tokenizer and label list, ready for batched inference."""
 
-    def __init__(self, model: Any, tokenizer: Any, labels: list[str], max_length: int, device: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, labels: list[str], max_length: int, device: str,
+                 truncation: str = "head") -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.labels = labels
         self.max_length = max_length
         self.device = device
+        self.truncation = truncation
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "auto") -> Classifier:
@@ -34,17 +37,18 @@ class Classifier:
         import torch
         from transformers import AutoTokenizer
 
-        from components.model import load_trained
+        from components.modalities.text.model import load
 
         model_dir = Path(model_dir)
         meta = read_meta(model_dir)
         device = pick_device(device)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = load_trained(model_dir, meta.get("model", {}))
+        model = load(model_dir, meta)
         if device == "cuda" and torch.cuda.is_bf16_supported():
             model = model.to(torch.bfloat16)
         model.to(device).eval()
-        return cls(model, tokenizer, list(meta["labels"]), int(meta["max_length"]), device)
+        return cls(model, tokenizer, list(meta["labels"]), int(meta["max_length"]), device,
+                   meta.get("truncation", "head"))
 
     def predict_proba(self, texts: list[str], batch_size: int = 32, max_batch_tokens: int | None = None) -> np.ndarray:
         """Probabilities of shape (len(texts), len(labels)), rows in input order, each summing to 1.
@@ -59,7 +63,7 @@ class Classifier:
         forward_tokens = CPU_FORWARD_TOKENS if self.device == "cpu" else 0.0
         if max_batch_tokens is None:
             max_batch_tokens = CPU_BATCH_TOKENS if self.device == "cpu" else batch_size * self.max_length
-        encoded = self.tokenizer([normalise(text) for text in texts], truncation=True, max_length=self.max_length)
+        encoded = tokenize(self.tokenizer, [normalise(text) for text in texts], self.max_length, self.truncation)
         lengths = [len(ids) for ids in encoded["input_ids"]]
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
         with torch.inference_mode():

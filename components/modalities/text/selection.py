@@ -1,8 +1,10 @@
 """Choosing the pretrained model: a quick linear probe of each of `model.candidates`, ranked on validation macro-F1.
 
-Each candidate's frozen backbone turns the train and val texts into vectors (its last hidden states averaged over
-the tokens, the usual linear-probe embedding for any encoder; kept in the frozen-feature cache, so a second ranking
-on the same data costs no encoder passes); a logistic regression on the train vectors is scored on val. The best
+Each candidate's frozen backbone turns the train and val texts into the vectors its head would read with
+text.pooling (kept in the frozen-feature cache, so a second ranking on the same data costs no encoder passes): the
+mean of the last hidden states where the pooling is mean, else the head's own input (the mean too when that cannot
+be captured, e.g. DistilBERT's extra layer before the head). A logistic regression on the train vectors is scored on
+val. The best
 candidate is the one the train stage then fine-tunes.
 """
 
@@ -39,7 +41,8 @@ def probe_score(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val
 
 
 def rank_candidates(model_params: ModelParams, train_params: TrainParams, train: pd.DataFrame, val: pd.DataFrame,
-                    labels: list[str], device: str, cache_dir: Path | None, max_tokens: int) -> list[CandidateScore]:
+                    labels: list[str], device: str, cache_dir: Path | None, max_tokens: int,
+                    pooling: str = "auto", truncation: str = "head") -> list[CandidateScore]:
     """Every candidate's linear-probe score, best first (ties keep the listed order).
 
     Raises:
@@ -47,7 +50,9 @@ def rank_candidates(model_params: ModelParams, train_params: TrainParams, train:
     """
     from transformers import AutoTokenizer, set_seed
 
+    from components.features import NotCacheable
     from components.modalities.text.features import cached_vectors
+    from components.modalities.text.model import pooling_choice
 
     if not len(val):
         raise StageError("model.candidates are ranked on the validation split, which is empty; set "
@@ -62,14 +67,21 @@ def rank_candidates(model_params: ModelParams, train_params: TrainParams, train:
         set_seed(train_params.seed)  # a candidate without pooler weights gets the same random pooler every time
         tokenizer = AutoTokenizer.from_pretrained(source)
         model: Any = build_classifier(source, labels, params)
+        kind = "mean" if pooling_choice(pooling, source, model) == "mean" else "head"
         for parameter in model.base_model.parameters():
             parameter.requires_grad = False
         model.to(device)
         pad = tokenizer.pad_token_id or 0
         vectors = []
         for frame in (train, val):
-            items = EncodedTexts(tokenizer, frame, label_ids, max_tokens).items
-            features, _ = cached_vectors(model, items, pad, train_params.batch_size * 4, device, cache_dir, kind="mean")
+            items = EncodedTexts(tokenizer, frame, label_ids, max_tokens, truncation=truncation).items
+            try:
+                features, _ = cached_vectors(model, items, pad, train_params.batch_size * 4, device, cache_dir, kind)
+            except NotCacheable as reason:
+                log.info("candidate %s: its head's input cannot be captured (%s); ranking on mean-pooled vectors",
+                         name, reason)
+                kind = "mean"
+                features, _ = cached_vectors(model, items, pad, train_params.batch_size * 4, device, cache_dir, kind)
             vectors.append(features.numpy())
         f1, accuracy = probe_score(vectors[0], train_y, vectors[1], val_y, train_params.seed)
         log.info("candidate %s: linear-probe val macro-F1 %.4f, accuracy %.4f", name, f1, accuracy)

@@ -3,7 +3,7 @@ operations that make augmented copies."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -32,6 +32,8 @@ class TextParams(Block):
 
     column: str = "text"  # the text column of a table source (ignored for builtin)
     min_chars: Annotated[int, Field(ge=1)] = 1  # a shorter text fails validate's text_length check
-    max_chars: Annotated[int, Field(ge=1)] = 20_000  # a longer one too
+    max_chars: Annotated[int, Field(ge=1)] = 200_000  # a longer one too: a runaway cell (a whole file), not an article
     max_tokens: Annotated[int, Field(ge=8, le=4096)] = 128  # tokens the model reads of each text
+    truncation: Literal["head", "head_tail"] = "head_tail"  # of a text over max_tokens: both ends, or its opening
+    pooling: Literal["auto", "mean", "cls"] = "auto"  # what the head reads (pooling.py); auto = the checkpoint's own
     augment: TextAugmentParams = TextAugmentParams()
