@@ -33,6 +33,8 @@ class DataParams(Block):
     path: str = BUILTIN
     val_path: str | None = None  # the validation split as a file of its own (then path holds train and maybe test)
     test_path: str | None = None  # the test split as a file of its own: a fixed benchmark is scored on exactly it
+    split_column: str | None = None  # a column of data.path saying each row's split (train / val / test)
+    split_names: dict[str, Literal["train", "val", "test"]] = {}  # the file's own split names, e.g. {dev: val}
     label_column: str = "label"
     labels: list[str] | None = None
     delimiter: str | None = None
@@ -91,6 +93,17 @@ class DataParams(Block):
         except LookupError:
             raise ValueError("unknown text encoding; use e.g. utf-8, cp1252, latin-1 or utf-16") from None
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_give_splits(self) -> DataParams:
+        if self.split_column and self.given_splits:
+            raise ValueError("data.split_column and data.val_path/test_path both say where rows go: use one")
+        if self.split_column and self.is_builtin:
+            raise ValueError("data.split_column names a column of data.path, which is builtin; point data.path at "
+                             "your file or remove data.split_column")
+        if self.split_names and not self.split_column:
+            raise ValueError("data.split_names maps the values of data.split_column, which is not set")
+        return self
 
     @model_validator(mode="after")
     def _fractions_leave_room_to_train(self) -> DataParams:

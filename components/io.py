@@ -96,7 +96,9 @@ def read_summary(folder: str | Path) -> dict[str, Any] | None:
     rows_read (records in the source, malformed ones included), rows_kept (rows in the splits, after data.max_rows),
     malformed_count, malformed_lines (the first 100, each {"line", "problem"}; "line" is the 1-based row for
     Parquet), noise {rows_changed, characters_replaced} (control/format characters normalise replaced in the kept
-    texts; tabs and line breaks are not counted), and what the modality adds (images: unusable_images).
+    texts; tabs and line breaks are not counted), split_files (only with data.val_path / test_path: split -> its
+    file; train is data.path, which also holds the splits not given), and what the modality adds (images:
+    unusable_images).
     """
     path = Path(folder) / SUMMARY_FILE
     if not path.is_file():

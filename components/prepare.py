@@ -27,7 +27,7 @@ import pandas as pd
 from components import modalities
 from components.config import DataParams, Params
 from components.io import LABELS_FILE, SPLITS, SUMMARY_FILE, atomic_dir, write_json, write_split
-from components.modalities import Loaded, Modality
+from components.modalities import GIVEN_SPLIT, Loaded, Modality
 from components.stage import StageError, stage_main
 
 log = logging.getLogger(__name__)
@@ -181,11 +181,46 @@ def given_splits(data: DataParams, modality: Modality, work: Path, offset: int) 
     return given
 
 
-def assign(frame: pd.DataFrame, data: DataParams, keys: pd.Series, given: dict[str, pd.DataFrame]) -> Splits:
-    """The splits: data.split's assignment of `frame` into the splits not given as files, then the given ones."""
+SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+               "dev": "val", "test": "test", "testing": "test"}  # data.split_column's values understood as they are
+
+
+def column_splits(frame: pd.DataFrame, data: DataParams) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The rows data.split_column puts in a split, by split, and the rest (rows scheduled runs took from incoming
+    files, which have no such column). Values are matched ignoring case, through data.split_names first.
+
+    Raises:
+        StageError: a row of data.path has a blank split or one that is no split's name; the message names the
+            values, their lines, and the fix.
+    """
+    if GIVEN_SPLIT not in frame:
+        return frame, {}
+    raw = frame[GIVEN_SPLIT]
+    names = {**SPLIT_NAMES, **{key.strip().lower(): value for key, value in data.split_names.items()}}
+    given = raw.notna()
+    wanted = raw[given].astype(str).str.strip().str.lower().map(names)
+    bad = wanted[wanted.isna()].index
+    if len(bad):
+        values = sorted(set(raw[bad]))
+        lines = ", ".join(str(line) for line in frame.loc[bad, "line"].head(5))
+        raise StageError(f"data.split_column {data.split_column!r} holds {len(bad)} value(s) that are no split, "
+                         f"{values[:10]} (line {lines}{', ...' if len(bad) > 5 else ''}); give every row train, val or "
+                         "test, or map your names in data.split_names, e.g. {dev: val}")
+    where = pd.Series(None, index=frame.index, dtype=object)
+    where[given] = wanted
+    parts = {name: frame[where == name].drop(columns=GIVEN_SPLIT).reset_index(drop=True) for name in SPLITS}
+    return frame[~given].drop(columns=GIVEN_SPLIT).reset_index(drop=True), parts
+
+
+def assign(frame: pd.DataFrame, data: DataParams, keys: pd.Series, given: dict[str, pd.DataFrame],
+           by_column: dict[str, pd.DataFrame] | None = None) -> Splits:
+    """The splits: data.split's assignment of `frame` into the splits not given as files, then the given files;
+    rows data.split_column placed (by_column) join their split."""
     fractions = {name: 0.0 if name in given else getattr(data, f"{name}_fraction") for name in ("val", "test")}
-    splits = SPLITTERS[data.split](frame, fractions["val"], fractions["test"], data.seed, keys)
-    return replace(splits, **given)
+    splits = replace(SPLITTERS[data.split](frame, fractions["val"], fractions["test"], data.seed, keys), **given)
+    joined = {name: pd.concat([getattr(splits, name), part]).sort_values("source_row", kind="stable")
+              .reset_index(drop=True) for name, part in (by_column or {}).items()}
+    return replace(splits, **joined)
 
 
 def label_list(frame: pd.DataFrame, configured: list[str] | None) -> list[str]:
@@ -233,10 +268,12 @@ def run(data: DataParams, modality: Modality, out_dir: str | Path,
         given = given_splits(data, modality, Path(work), offset=loaded.rows_read)
         everything = combine(loaded, list(given.values()))
         summary = summarise(everything, everything.frame, modality)
-        frame = loaded.frame.drop(columns=NOISE, errors="ignore")
+        if given:  # where each split's rows lie, for validate's message
+            summary["split_files"] = {"train": data.path, **data.given_splits}
+        frame, by_column = column_splits(loaded.frame.drop(columns=NOISE, errors="ignore"), data)
         given_frames = {name: part.frame.drop(columns=NOISE, errors="ignore") for name, part in given.items()}
         labels = label_list(everything.frame, data.labels)
-        splits = assign(frame, data, modality.item_key(frame).fillna(""), given_frames)
+        splits = assign(frame, data, modality.item_key(frame).fillna(""), given_frames, by_column)
         for name, part in splits.items():
             write_split(tmp, name, modality.store(part, tmp))
         write_json(tmp / LABELS_FILE, labels)

@@ -20,7 +20,7 @@ import json
 import lzma
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -57,8 +57,8 @@ _EXPORT = "export the data as CSV (UTF-8), JSON Lines or Parquet and point data.
 
 @dataclass(frozen=True)
 class Table:
-    """The two columns a modality reads (its item: a text, an image's path; and the label), as read from the source,
-    with where each record starts."""
+    """The two columns a modality reads (its item: a text, an image's path; and the label), and any more asked for
+    (data.split_column), as read from the source, with where each record starts."""
 
     format: str
     item: list[Any]
@@ -67,6 +67,7 @@ class Table:
     source_row: list[int]
     rows_read: int
     malformed: list[Malformed]
+    extra: dict[str, list[Any]] = field(default_factory=dict)  # any columns asked for after the two, by name
 
 
 def _reader(path: Path) -> tuple[str, str | None]:
@@ -270,7 +271,7 @@ def _blank(fields: list[str]) -> bool:
     return not fields or (len(fields) == 1 and not fields[0].strip())
 
 
-def read_csv(path: Path, compression: str | None, head: bytes, name: str, columns: tuple[str, str],
+def read_csv(path: Path, compression: str | None, head: bytes, name: str, columns: Sequence[str],
              delimiter: str | None, encoding: str, keys: Sequence[str] = COLUMN_KEYS) -> Table:
     """Read a CSV/TSV record by record with the csv module, so each record's first line is known exactly.
 
@@ -285,9 +286,11 @@ def read_csv(path: Path, compression: str | None, head: bytes, name: str, column
     else:
         chosen = True
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
-    text_index = label_index = width = 0
+    indices: list[int] = []
+    width = 0
     header: list[str] | None = None
-    texts, labels, lines, rows, malformed = [], [], [], [], []
+    values: list[list[Any]] = [[] for _ in columns]
+    lines, rows, malformed = [], [], []
     rows_read = 0
     with _open_text(path, compression, codec, newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
@@ -305,19 +308,20 @@ def read_csv(path: Path, compression: str | None, head: bytes, name: str, column
                     if split_problem:
                         problem = f"{name}: expected the columns {list(dict.fromkeys(columns))}{where}, {split_problem}"
                     raise StageError(problem)
-                text_index, label_index, width = header.index(columns[0]), header.index(columns[1]), len(header)
+                indices, width = [header.index(column) for column in columns], len(header)
                 continue
             rows_read += 1
             if len(fields) != width:
                 malformed.append(Malformed(start, _field_count_problem(len(fields), width, delimiter, start, end)))
                 continue
-            texts.append(fields[text_index] or None)
-            labels.append(fields[label_index])
+            for column, index in zip(values, indices, strict=True):
+                column.append(fields[index])
+            values[0][-1] = values[0][-1] or None  # an empty item is a missing one
             lines.append(start)
             rows.append(rows_read - 1)
     if header is None:
         raise StageError(f"{name} is empty (no header line); it needs a header and labelled rows")
-    return Table("csv", texts, labels, lines, rows, rows_read, malformed)
+    return _table("csv", columns, values, lines, rows, rows_read, malformed)
 
 
 def _field_count_problem(found: int, width: int, delimiter: str, start: int, end: int) -> str:
@@ -334,10 +338,11 @@ def _json_kind(value: object) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def read_jsonl(path: Path, compression: str | None, name: str, columns: tuple[str, str], encoding: str,
+def read_jsonl(path: Path, compression: str | None, name: str, columns: Sequence[str], encoding: str,
                keys: Sequence[str] = COLUMN_KEYS) -> Table:
     """Read JSON Lines: one object per line; any other line is skipped and recorded as malformed."""
-    texts, labels, lines, rows, malformed = [], [], [], [], []
+    values: list[list[Any]] = [[] for _ in columns]
+    lines, rows, malformed = [], [], []
     keys: dict[str, None] = {}  # the first keys seen, to show in a message
     present: set[str] = set()
     rows_read = 0
@@ -359,18 +364,18 @@ def read_jsonl(path: Path, compression: str | None, name: str, columns: tuple[st
             if len(keys) < 100:
                 keys.update(dict.fromkeys(map(str, record)))
             present.update(column for column in columns if column in record)
-            texts.append(record.get(columns[0]))
-            labels.append(record.get(columns[1]))
+            for found, column in zip(values, columns, strict=True):
+                found.append(record.get(column))
             lines.append(number)
             rows.append(rows_read - 1)
-    if texts and len(present) < len(set(columns)):
+    if values[0] and len(present) < len(set(columns)):
         problem = _missing_columns(name, columns, [*keys, *(c for c in present if c not in keys)],
                                    where=" as keys of its objects", keys=keys)
         raise StageError(str(problem))
-    return Table("jsonl", texts, labels, lines, rows, rows_read, malformed)
+    return _table("jsonl", columns, values, lines, rows, rows_read, malformed)
 
 
-def read_parquet(path: Path, compression: str | None, name: str, columns: tuple[str, str],
+def read_parquet(path: Path, compression: str | None, name: str, columns: Sequence[str],
                  keys: Sequence[str] = COLUMN_KEYS) -> Table:
     """Read the two columns of a Parquet file; its records are numbered by row (1-based) instead of line."""
     import pyarrow as pa
@@ -391,17 +396,24 @@ def read_parquet(path: Path, compression: str | None, name: str, columns: tuple[
                          f"Write it again, or {_EXPORT}") from None
     count = len(frame)
     rows = list(range(count))
-    return Table("parquet", frame[columns[0]].tolist(), frame[columns[1]].tolist(), [r + 1 for r in rows], rows,
-                 count, [])
+    return _table("parquet", columns, [frame[column].tolist() for column in columns], [r + 1 for r in rows], rows,
+                  count, [])
 
 
-def read_source(path: Path, columns: tuple[str, str] = ("text", "label"), delimiter: str | None = None,
+def _table(kind: str, columns: Sequence[str], values: list[list[Any]], lines: list[int], rows: list[int],
+           rows_read: int, malformed: list[Malformed]) -> Table:
+    """A Table of the values read for `columns` (item, label, then any extra ones), in that order."""
+    return Table(kind, values[0], values[1], lines, rows, rows_read, malformed,
+                 extra={column: found for column, found in zip(columns[2:], values[2:], strict=True)})
+
+
+def read_source(path: Path, columns: Sequence[str] = ("text", "label"), delimiter: str | None = None,
                 encoding: str = "utf-8", name: str | None = None, keys: Sequence[str] = COLUMN_KEYS) -> Table:
     """Read a CSV/TSV, JSON Lines or Parquet file (optionally .gz/.bz2/.xz/.zip compressed).
 
     Args:
         path: the file.
-        columns: the item and label column names.
+        columns: the item and label column names, then any more to read (they land in Table.extra).
         delimiter: a CSV's field separator; None detects it from the header.
         encoding: of a CSV or JSONL file.
         name: how messages name the file (default: data.path 'PATH').

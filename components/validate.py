@@ -201,6 +201,7 @@ def _source_block(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
     noise = summary.get("noise") or {}
     return {
         "file": summary.get("source"),
+        **({"split_files": summary["split_files"]} if summary.get("split_files") else {}),
         "format": summary.get("format"),
         "rows_read": summary.get("rows_read"),
         "rows_kept": summary.get("rows_kept"),
@@ -291,9 +292,14 @@ def _read(prepared_dir: Path) -> tuple[dict[str, pd.DataFrame], list[str], dict[
 
 def _fix(result: ValidateResult, with_lines: bool, report_path: Path, html_path: Path) -> str:
     """The paragraph after the failures: where to fix them, the other ways out, and where the full report is."""
-    source = (result.report["source"]["summary"] or {}).get("file")
+    summary = result.report["source"]["summary"] or {}
+    source, split_files = summary.get("file"), summary.get("split_files")
     file = f"the source file {source!r} (data.path in params.yaml)" if source else \
         "the source file named by data.path in params.yaml"
+    if split_files:  # data.val_path / data.test_path: each row lies in its split's file
+        file = "the file of each row's split (" + ", ".join(
+            f"{name}: {path!r}, {'data.path' if name == 'train' else f'data.{name}_path'}"
+            for name, path in split_files.items()) + ")"
     numbering = "line N is its Nth line, counted from 1" if with_lines else \
         "source_row N is its Nth record, counted from 0"
     return (f"To fix: correct or remove those rows in {file} ({numbering}) and rerun (dvc repro); or change the "

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 # Models trained before the modality was written into tuneline.json and prepared data without it held texts.
 UNRECORDED = "text"
+GIVEN_SPLIT = "given_split"  # a Loaded frame's column with each row's split as data.split_column gave it (raw value)
 
 
 @dataclass(frozen=True)

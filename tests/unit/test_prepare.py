@@ -620,3 +620,47 @@ def test_a_row_of_the_test_file_also_in_train_stops_validate_with_both_rows_name
         validate(ValidateParams(), TextModality(), tmp_path / "out", tmp_path / "validation.json")
     message = str(caught.value)
     assert "[leakage]" in message and "'The Same Review!'" in message and "test line 2" in message
+
+
+def test_a_split_column_puts_each_row_where_it_says(tmp_path: Path) -> None:
+    names = ["train"] * 20 + ["Dev"] * 4 + ["TEST"] * 6 + ["holdout"] * 2
+    rows = pd.DataFrame({"text": [f"review {i}" for i in range(len(names))], "label": ["ab"[i % 2] for i in
+                                                                                         range(len(names))],
+                         "part": names})
+    for path in (tmp_path / "data.csv", tmp_path / "data.jsonl", tmp_path / "data.parquet"):
+        if path.suffix == ".csv":
+            rows.to_csv(path, index=False)
+        elif path.suffix == ".jsonl":
+            rows.to_json(path, orient="records", lines=True)
+        else:
+            rows.to_parquet(path)
+        params = DataParams(path=str(path), split_column="part", split_names={"holdout": "test"})
+        result = run(params, tmp_path / path.suffix[1:])
+        assert result.counts == {"train": 20, "val": 4, "test": 8}, path
+        test = read_split(tmp_path / path.suffix[1:], "test")
+        assert test["text"].tolist() == [f"review {i}" for i in range(24, 32)]
+        assert "part" not in test.columns and "given_split" not in test.columns
+
+    with pytest.raises(StageError, match=r"data.split_column 'part' holds 2 value\(s\) that are no split, \['holdout'\] "
+                                         r"\(line 32, 33\); give every row train, val or test, or map"):
+        run(DataParams(path=str(tmp_path / "data.csv"), split_column="part"), tmp_path / "unmapped")
+    with pytest.raises(StageError, match=r"expected the columns \['text', 'label', 'fold'\].*data.split_column"):
+        run(DataParams(path=str(tmp_path / "data.csv"), split_column="fold"), tmp_path / "missing")
+
+
+def test_a_split_column_row_without_a_split_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text("text,label,part\na fine film,a,train\na dull film,b,\nanother film,a,test\n")
+    with pytest.raises(StageError, match=r"holds 1 value\(s\) that are no split, \[''\] \(line 3\)"):
+        run(DataParams(path=str(path), split_column="part"), tmp_path / "out")
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"path": "x.csv", "split_column": "part", "test_path": "t.csv"}, "use one"),
+    ({"split_column": "part"}, "which is builtin"),
+    ({"path": "x.csv", "split_names": {"dev": "val"}}, "which is not set"),
+    ({"path": "x.csv", "split_column": "part", "split_names": {"dev": "validation"}}, "data.split_names"),
+])
+def test_split_settings_that_contradict_each_other_are_refused(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_params({"data": data})

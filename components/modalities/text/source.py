@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import DataParams
-from components.modalities import Loaded
+from components.modalities import GIVEN_SPLIT, Loaded
 from components.modalities.text.normalise import normalise_counting
 from components.stage import StageError
 from components.tables import Table, is_missing, label_string, read_source
@@ -48,7 +48,8 @@ def _text_string(value: object) -> str:
 
 
 def to_frame(table: Table) -> pd.DataFrame:
-    """Columns text (normalised; None when missing), label (a string or None), source_row, line, and noise."""
+    """Columns text (normalised; None when missing), label (a string or None), source_row, line, and noise; and
+    given_split when the table has a third column (data.split_column)."""
     texts: list[str | None] = []
     noise: list[int] = []
     for value in table.item:
@@ -66,13 +67,17 @@ def to_frame(table: Table) -> pd.DataFrame:
             "source_row": np.asarray(table.source_row, dtype=np.int64),
             "line": np.asarray(table.line, dtype=np.int64),
             NOISE: np.asarray(noise, dtype=np.int64),
+            **{GIVEN_SPLIT: pd.Series([label_string(v) or "" for v in values], dtype=object)
+               for values in table.extra.values()},
         }
     )
 
 
-def read_table(path: Path, columns: tuple[str, str], data: DataParams, name: str | None = None) -> Loaded:
-    """A table file's texts and labels (`columns`), normalised, with what reading found."""
-    table = read_source(path, columns, data.delimiter, data.encoding, name=name, keys=COLUMN_KEYS)
+def read_table(path: Path, columns: tuple[str, ...], data: DataParams, name: str | None = None) -> Loaded:
+    """A table file's texts and labels (`columns`, and a split column third if given), normalised, with what reading
+    found."""
+    keys = COLUMN_KEYS + (("data.split_column",) if len(columns) > 2 else ())
+    table = read_source(path, columns, data.delimiter, data.encoding, name=name, keys=keys)
     return Loaded(frame=to_frame(table), source=str(path), format=table.format, rows_read=table.rows_read,
                   malformed=table.malformed)
 
@@ -86,7 +91,8 @@ def read(data: DataParams, column: str) -> Loaded:
         loaded = Loaded(frame=to_frame(table), source=f"builtin:{BUILTIN_PACKAGE}/{BUILTIN_FILE}",
                         format=table.format, rows_read=table.rows_read, malformed=table.malformed)
     else:
-        loaded = read_table(Path(data.path), (column, data.label_column), data)
+        split = (data.split_column,) if data.split_column else ()
+        loaded = read_table(Path(data.path), (column, data.label_column, *split), data)
         loaded = Loaded(frame=loaded.frame, source=data.path, format=loaded.format, rows_read=loaded.rows_read,
                         malformed=loaded.malformed)
     if loaded.malformed:
