@@ -1,5 +1,7 @@
 """Stage `prepare`: read the labelled source through its modality, and split it into train/val/test
-deterministically.
+deterministically: data.split random (stratified, drawn again as rows are added) or hash (a row's split from its
+item and the seed alone), unless the user gives the splits (data.val_path / data.test_path files, or a
+data.split_column).
 
 Every row keeps where it came from: `source_row` (its 0-based index among the source's records) and `line` (the
 line of the source file where the record starts; for Parquet, its 1-based row). A record that cannot be read (a CSV
