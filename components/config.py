@@ -275,7 +275,8 @@ class TrainParams(Block):
 
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 5e-5
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
-    epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 3.0
+    # auto = as many as bring the run near AUTO_STEPS optimiser steps, within AUTO_EPOCHS (components/train.py)
+    epochs: Literal["auto"] | Annotated[float, Field(gt=0.0, le=100.0)] = "auto"
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
@@ -524,6 +525,27 @@ def _modality_errors(raw: dict) -> tuple[dict, list[dict]]:
     return checked, errors
 
 
+def _is_branch(part: object) -> bool:
+    """A location part pydantic adds for one alternative of a union (literal['auto'], constrained-float, ...)."""
+    return isinstance(part, str) and (not part.isidentifier() or part in {"float", "int", "str", "bool", "none"})
+
+
+def _merge_alternatives(errors: list[dict]) -> list[dict]:
+    """One error per key: a value that fits no alternative of a union (train.epochs: auto or a number) gets one
+    line naming every alternative, not one line per alternative."""
+    merged: dict[tuple, dict] = {}
+    for error in errors:
+        loc = tuple(error["loc"])
+        cut = next((i for i, part in enumerate(loc) if _is_branch(part)), len(loc))
+        key = loc[:cut]
+        if key in merged and cut < len(loc):
+            if error["msg"] not in merged[key]["msg"]:
+                merged[key] = {**merged[key], "msg": f"{merged[key]['msg']}; or: {error['msg']}"}
+        else:
+            merged[key if cut < len(loc) else loc + (id(error),)] = {**error, "loc": key}
+    return list(merged.values())
+
+
 def _describe(error: dict) -> str:
     """One line per pydantic error: the dotted key, what was wrong, and what is allowed."""
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
@@ -547,6 +569,7 @@ def parse_params(raw: object, source: str = PARAMS_FILE) -> Params:
         params = Params.model_validate(checked)
     except ValidationError as exc:
         errors = [*errors, *exc.errors()]
+    errors = _merge_alternatives(errors)
     if errors:
         lines = "\n  ".join(_describe(err) for err in errors)
         raise ConfigError(f"{source} has {len(errors)} invalid setting(s):\n  {lines}") from None

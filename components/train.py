@@ -9,6 +9,7 @@ the frozen backbone runs once per data version and the head trains on its cached
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +27,23 @@ from components.model import parameter_counts
 from components.stage import StageError, stage_main
 
 log = logging.getLogger(__name__)
+
+
+# train.epochs auto: a small train split gets more passes over it, so that a few examples per class still make
+# enough optimiser steps; a large one keeps the usual three (README, Few labels, has the measurements).
+AUTO_STEPS = 300
+AUTO_EPOCHS = (3, 20)
+
+
+def resolved_epochs(params: TrainParams, train_rows: int, world_size: int = 1) -> float:
+    """train.epochs, or for auto the epochs that come nearest AUTO_STEPS optimiser steps over train_rows rows,
+    clamped to AUTO_EPOCHS: 5,000 rows in batches of 16 train 3 epochs (~990 steps), 100 rows 20 (140 steps)."""
+    if params.epochs != "auto":
+        return float(params.epochs)
+    rows_per_step = params.batch_size * params.gradient_accumulation_steps * world_size
+    steps_per_epoch = max(1, math.ceil(train_rows / rows_per_step))
+    low, high = AUTO_EPOCHS
+    return float(min(max(math.ceil(AUTO_STEPS / steps_per_epoch), low), high))
 
 
 def write_ranking(path: str | Path, chosen: str, ranking: list[CandidateScore]) -> None:
@@ -147,6 +165,11 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
 
     labels, _, train, val, device = training_data(augmented_dir, prepared_dir, train_params)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    epochs = resolved_epochs(train_params, len(train), world_size)
+    if train_params.epochs == "auto":
+        log.info("train.epochs auto: %g epochs over %d train rows (batches of %d x %d)", epochs, len(train),
+                 train_params.batch_size, train_params.gradient_accumulation_steps * world_size)
+    train_params = train_params.model_copy(update={"epochs": epochs})
     cache_dir = Path(work_dir) / "features" if work_dir is not None else None
     model_params = choose_model(modality, model_params, train_params, train, val, labels, device, cache_dir,
                                 selection_path)
@@ -170,6 +193,8 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
                  work_dir=work_dir, live_dir=live_dir, world_size=world_size, custom_loss=world_size > 1)
     log.info("trained %d steps on %d %s; best validation macro-F1 %.4f", result.steps, result.train_rows,
              modality.items, result.best_val_macro_f1)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(metrics_path, {**read_json(metrics_path), "epochs": epochs})
     if train_params.calibrate and len(val) and int(os.environ.get("RANK", "0")) == 0:
         calibrate(modality, Path(out_dir), val, Path(prepared_dir), labels, device, train_params.batch_size * 2,
                   metrics_path)

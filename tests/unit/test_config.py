@@ -63,3 +63,14 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     broken.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(broken)
+
+
+def test_a_value_that_fits_no_alternative_gets_one_line_naming_them_all() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_params({"train": {"epochs": "lots", "class_weights": 7}})
+    message = str(error.value)
+    assert "2 invalid setting(s)" in message
+    assert "train.epochs: Input should be 'auto'; or: Input should be a valid number" in message
+    assert "train.class_weights: Input should be 'none' or 'balanced'; or:" in message
+    assert parse_params({"train": {"epochs": "auto"}}).train.epochs == "auto"
+    assert parse_params({"train": {"epochs": 4}}).train.epochs == 4.0
