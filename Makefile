@@ -19,7 +19,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run repro run-images serve serve-images schedule predict test test-unit bench bench-train bench-validate bench-augment bench-serve clean
+.PHONY: help install run repro run-images serve serve-images schedule predict test test-unit bench bench-train bench-validate bench-augment bench-fewshot bench-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -64,7 +64,7 @@ test: install  ## run the whole test suite (unit and integration)
 test-unit: install  ## run the unit tests only
 	$(PY) -m pytest -p no:cacheprovider tests/unit
 
-bench: bench-train bench-validate bench-augment bench-serve  ## run every benchmark (bench/); figures are printed side by side
+bench: bench-train bench-validate bench-augment bench-fewshot bench-serve  ## run every benchmark (bench/); figures are printed side by side
 
 bench-train: install  ## training samples/s, tokens/s, peak RSS, MFU: default vs naive padding vs cached linear probe
 	$(PY) -m bench.train_speed
@@ -74,6 +74,18 @@ bench-validate: install  ## prepare + validate a 1,000,000-row synthetic file: t
 
 bench-augment: install  ## macro-F1 with and without augmentation at 32, 128 and all examples per class
 	$(PY) -m bench.augment_effect
+
+# SetFit, the anchor of bench-fewshot, lives in a venv of its own: its sentence-transformers and datasets are not
+# the pipeline's dependencies. torch first and pinned, as for .venv.
+SETFIT_VENV := bench/.venv-setfit
+$(SETFIT_VENV)/.installed: bench/setfit-requirements.txt
+	test -x $(SETFIT_VENV)/bin/python || $(PYTHON) -m venv $(SETFIT_VENV)
+	$(SETFIT_VENV)/bin/python -m pip --disable-pip-version-check install -q torch==2.13.0
+	$(SETFIT_VENV)/bin/python -m pip --disable-pip-version-check install -q -r bench/setfit-requirements.txt
+	touch $@
+
+bench-fewshot: install $(SETFIT_VENV)/.installed  ## Tuneline against SetFit on the same rows: 8-64 examples per class and all
+	$(PY) -m bench.fewshot
 
 bench-serve: install  ## served texts/s, p50/p99, cold start, RSS (wrk; batching on/off) against the raw model
 	$(PY) -m bench.serve_speed
