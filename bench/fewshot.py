@@ -10,7 +10,8 @@ draw's seed, and both systems learn from exactly those rows and nothing else (no
 per class has none to spare):
 
 - Tuneline as the pipeline ships it: components.augment.run then components.train.run with the shipped defaults
-  (params.yaml: augmentation, train.epochs auto, the model's mean pooling), scored by components.evaluate.run;
+  (params.yaml: train.recipe auto, so contrastive tuning without augmented copies up to 64 rows per class and
+  fine-tuning with them above, train.epochs auto, the model's mean pooling), scored by components.evaluate.run;
 - SetFit 1.2 with its README's recipe on the same MiniLM checkpoint (bench/setfit_run.py, in its own venv):
   20 contrastive pairs per row tune the body, a logistic regression fits on the embeddings. On the whole train
   split it makes 1 pair per row instead (20 would be 200,000 pairs: hours on a CPU).
@@ -94,9 +95,9 @@ def task_folder(prepared: Path, labels: tuple[str, ...], folder: Path, quick: bo
 
 
 def run_tuneline(task: Path, train: pd.DataFrame, folder: Path, train_params: TrainParams,
-                 modality: object) -> tuple[list[str], float, float, float, float]:
+                 modality: object) -> tuple[list[str], float, float, float, float, str]:
     """Augment, train and score as the pipeline does; (test predictions, its macro-F1, TF-IDF's, train seconds,
-    epochs)."""
+    epochs, method)."""
     from components import augment, evaluate, train as train_stage
     from components.io import LABELS_FILE, read_json, write_split
 
@@ -109,7 +110,7 @@ def run_tuneline(task: Path, train: pd.DataFrame, folder: Path, train_params: Tr
     try:
         with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
             started = time.perf_counter()
-            augment.run(AugmentParams(), ModelParams(), modality, own, folder / "augmented")
+            augment.run(AugmentParams(), ModelParams(), modality, own, folder / "augmented", train_params)
             train_stage.run(ModelParams(), train_params, modality, folder / "augmented", own, folder / "model",
                             folder / "train.json")
             seconds = time.perf_counter() - started
@@ -120,8 +121,8 @@ def run_tuneline(task: Path, train: pd.DataFrame, folder: Path, train_params: Tr
         raise
     shutil.rmtree(folder / "model")  # ~90 MB each
     predicted = pd.read_csv(folder / "predictions.csv")["predicted"].astype(str).tolist()
-    epochs = read_json(folder / "train.json")["epochs"]
-    return predicted, scored.macro_f1, scored.baseline_macro_f1, seconds, epochs
+    summary = read_json(folder / "train.json")
+    return predicted, scored.macro_f1, scored.baseline_macro_f1, seconds, summary["epochs"], summary["method"]
 
 
 def run_setfit(task: Path, train: pd.DataFrame, folder: Path, pairs: int, seed: int) -> tuple[list[str], float]:
@@ -148,7 +149,7 @@ def measure(tasks: list[str], sizes: tuple[int | None, ...], draws: int, quick: 
     from components.io import read_split
 
     modality = modalities.for_params(Params(data=DataParams()))
-    train_params = TrainParams(max_steps=3, batch_size=8) if quick else TrainParams()
+    train_params = TrainParams(max_steps=3, batch_size=8, contrastive_pairs=1) if quick else TrainParams()
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="tuneline-bench-fewshot-") as tmp:
         work = Path(tmp)
@@ -161,7 +162,8 @@ def measure(tasks: list[str], sizes: tuple[int | None, ...], draws: int, quick: 
                     rows = per_label(full_train, size, seed=draw)
                     folder = work / name / f"{size or 'all'}-{draw}"
                     settings = train_params.model_copy(update={"seed": train_params.seed + draw})
-                    ours, ours_f1, baseline, ours_s, epochs = run_tuneline(task, rows, folder, settings, modality)
+                    ours, ours_f1, baseline, ours_s, epochs, method = run_tuneline(task, rows, folder, settings,
+                                                                                   modality)
                     pairs = 1 if quick else SETFIT_PAIRS if size is not None else SETFIT_PAIRS_WHOLE
                     theirs, theirs_s = run_setfit(task, rows, folder, pairs, seed=draw)
                     theirs_f1 = metrics.classification_metrics(truth, theirs, list(TASKS[name]))["macro"]["f1"]
@@ -169,7 +171,7 @@ def measure(tasks: list[str], sizes: tuple[int | None, ...], draws: int, quick: 
                                       theirs_s, epochs)
                     outcomes.append(outcome)
                     print(f"  {name}, {size or 'all'} per class, draw {draw}: {len(rows)} rows; Tuneline "
-                          f"{ours_f1:.4f} ({epochs:g} epochs, {ours_s:.0f} s), SetFit {theirs_f1:.4f} "
+                          f"{ours_f1:.4f} ({method}, {epochs:g} epochs, {ours_s:.0f} s), SetFit {theirs_f1:.4f} "
                           f"({theirs_s:.0f} s), TF-IDF {baseline:.4f}", flush=True)
                     shutil.rmtree(folder)
     return outcomes

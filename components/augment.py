@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components import modalities
-from components.config import AugmentParams, ModelParams, Params
+from components import modalities, recipe
+from components.config import AugmentParams, ModelParams, Params, TrainParams
 from components.copies import copies_per_class
 from components.io import SUMMARY_FILE, atomic_dir, read_split, write_json, write_split
 from components.modalities import Modality
@@ -36,7 +36,7 @@ class AugmentResult:
 
 
 def run(params: AugmentParams, model_params: ModelParams, modality: Modality, prepared_dir: str | Path,
-        out_dir: str | Path) -> AugmentResult:
+        out_dir: str | Path, train_params: TrainParams | None = None) -> AugmentResult:
     """Augment the prepared train split into out_dir/train.jsonl (val and test are read, never augmented).
 
     Args:
@@ -46,6 +46,8 @@ def run(params: AugmentParams, model_params: ModelParams, modality: Modality, pr
         prepared_dir: folder with the prepared splits.
         out_dir: the augmented-data folder (paths.augmented); also gets summary.json with the counts, and the
             files copies need (images).
+        train_params: the train block (its defaults when None): with copies_per_example auto, train.recipe decides
+            the copies from the train rows per class and the method it picks (components/recipe.py).
 
     Returns:
         Row counts before and after, copies per class, and copies given up (too short to change, or equal to a
@@ -58,7 +60,13 @@ def run(params: AugmentParams, model_params: ModelParams, modality: Modality, pr
     prepared_dir = Path(prepared_dir)
     train = read_split(prepared_dir, "train")
     held_out = [read_split(prepared_dir, "val"), read_split(prepared_dir, "test")]
-    wanted = copies_per_class(train["label"].value_counts().to_dict(), params)
+    counts = train["label"].value_counts().to_dict()
+    if params.copies_per_example == recipe.AUTO:
+        chosen = recipe.choose(train_params or TrainParams(), params, model_params,
+                               recipe.original_rows_per_class(train, sorted(counts)), modality.contrastive)
+        log.info("%s", chosen.describe())
+        params = params.model_copy(update={"copies_per_example": chosen.copies_per_example})
+    wanted = copies_per_class(counts, params)
     with atomic_dir(out_dir) as tmp:
         augmented = modality.augment(train, held_out, wanted, params, model_params, prepared_dir, tmp)
         frame = augmented.frame
@@ -77,6 +85,7 @@ def run(params: AugmentParams, model_params: ModelParams, modality: Modality, pr
             "added_rows": result.added_rows,
             "added_per_class": result.added_per_class,
             "rows_per_class": frame["label"].value_counts().sort_index().to_dict(),
+            "copies_per_example": params.copies_per_example,
             "rejected": result.rejected,
             **result.details,
         })
@@ -89,7 +98,7 @@ def run(params: AugmentParams, model_params: ModelParams, modality: Modality, pr
 def main() -> None:
     def _run(p: Params) -> AugmentResult:
         return run(p.augment, p.model, modalities.for_prepared(p.paths.prepared, p), p.paths.prepared,
-                   p.paths.augmented)
+                   p.paths.augmented, p.train)
 
     stage_main("augment", _run)
 

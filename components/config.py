@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.config_errors import describe, merge_alternatives, moved
+
 PARAMS_FILE = "params.yaml"
 BUILTIN = "builtin"
 
@@ -183,7 +185,7 @@ class AugmentParams(Block):
     them are the modality's (text.augment, image.augment)."""
 
     enabled: bool = True
-    copies_per_example: Multiplier = 0.5
+    copies_per_example: Literal["auto"] | Multiplier = "auto"  # auto: train.recipe decides (components/recipe.py)
     per_class: dict[str, Multiplier] = {}
     balance: bool = False
     max_copies_per_example: Multiplier = 4.0
@@ -199,8 +201,8 @@ class AugmentParams(Block):
 
     @model_validator(mode="after")
     def _multipliers_under_the_cap(self) -> AugmentParams:
-        multipliers = {"copies_per_example": self.copies_per_example,
-                       **{f"per_class.{label}": m for label, m in self.per_class.items()}}
+        given = {} if self.copies_per_example == "auto" else {"copies_per_example": self.copies_per_example}
+        multipliers = {**given, **{f"per_class.{label}": m for label, m in self.per_class.items()}}
         over = {key: m for key, m in multipliers.items() if m > self.max_copies_per_example}
         if over:
             shown = ", ".join(f"{key} = {value:g}" for key, value in over.items())
@@ -273,9 +275,12 @@ class ModelParams(Block):
 class TrainParams(Block):
     """Fine-tuning hyperparameters (transformers Trainer, AdamW)."""
 
-    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 5e-5
+    # auto: the rule of components/recipe.py picks each `auto` key below from the train rows per class;
+    # fixed: each `auto` key takes the one value it had before the rule (finetune, 3 epochs, 5e-5)
+    recipe: Literal["auto", "fixed"] = "auto"
+    method: Literal["auto", "finetune", "contrastive"] = "auto"  # contrastive (texts): SetFit's pairs, then the head
+    learning_rate: Literal["auto"] | Annotated[float, Field(gt=0.0, le=1.0)] = "auto"
     weight_decay: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
-    # auto = as many as bring the run near AUTO_STEPS optimiser steps, within AUTO_EPOCHS (components/train.py)
     epochs: Literal["auto"] | Annotated[float, Field(gt=0.0, le=100.0)] = "auto"
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
@@ -298,6 +303,10 @@ class TrainParams(Block):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     calibrate: bool = True  # fit a temperature on the val split after training; evaluate and serving apply it
+    contrastive_pairs: Annotated[int, Field(ge=1, le=1000)] = 20  # rounds of pairs per train text (SetFit: 20)
+    contrastive_epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    contrastive_learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-5
+    contrastive_loss: Literal["cosent", "cosine"] = "cosent"  # sentence-transformers' CoSENTLoss / SetFit's
 
 
 class EvaluateParams(Block):
@@ -479,32 +488,6 @@ class Params(Block):
         return self
 
 
-# Keys that moved into a modality's block (issue 16); an old params.yaml gets told where each went.
-MOVED = {
-    "data.text_column": "text.column",
-    "data.image_column": "image.column",
-    "validate.min_text_length": "text.min_chars",
-    "validate.max_text_length": "text.max_chars",
-    "model.max_length": "text.max_tokens",
-    "augment.image": "image.augment",
-    **{f"augment.{key}": f"text.augment.{key}" for key in (
-        "p_synonym", "p_insert", "p_swap", "p_delete", "p_char", "synonym_top_k", "synonym_min_similarity",
-        "synonym_max_label_shift")},
-}
-
-
-def _moved(raw: dict) -> tuple[dict, list[dict]]:
-    """raw without the keys that now live elsewhere, and one error per such key naming where it went."""
-    kept, errors = dict(raw), []
-    for old, new in MOVED.items():
-        block, key = old.split(".", 1)
-        if isinstance(kept.get(block), dict) and key in kept[block]:
-            kept[block] = {k: v for k, v in kept[block].items() if k != key}
-            errors.append({"type": "moved", "loc": (block, key), "msg": f"moved to {new}; move the setting there",
-                           "input": {}})
-    return kept, errors
-
-
 def _modality_errors(raw: dict) -> tuple[dict, list[dict]]:
     """raw with each modality block replaced by its checked model, and the errors of those that failed (their
     locations prefixed with the block's name) and of unknown blocks."""
@@ -525,53 +508,22 @@ def _modality_errors(raw: dict) -> tuple[dict, list[dict]]:
     return checked, errors
 
 
-def _is_branch(part: object) -> bool:
-    """A location part pydantic adds for one alternative of a union (literal['auto'], constrained-float, ...)."""
-    return isinstance(part, str) and (not part.isidentifier() or part in {"float", "int", "str", "bool", "none"})
-
-
-def _merge_alternatives(errors: list[dict]) -> list[dict]:
-    """One error per key: a value that fits no alternative of a union (train.epochs: auto or a number) gets one
-    line naming every alternative, not one line per alternative."""
-    merged: dict[tuple, dict] = {}
-    for error in errors:
-        loc = tuple(error["loc"])
-        cut = next((i for i, part in enumerate(loc) if _is_branch(part)), len(loc))
-        key = loc[:cut]
-        if key in merged and cut < len(loc):
-            if error["msg"] not in merged[key]["msg"]:
-                merged[key] = {**merged[key], "msg": f"{merged[key]['msg']}; or: {error['msg']}"}
-        else:
-            merged[key if cut < len(loc) else loc + (id(error),)] = {**error, "loc": key}
-    return list(merged.values())
-
-
-def _describe(error: dict) -> str:
-    """One line per pydantic error: the dotted key, what was wrong, and what is allowed."""
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key; remove it or check its spelling against params.yaml's documented keys"
-    given = error.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
-    return f"{key}: {error['msg']}{shown}"
-
-
 def parse_params(raw: object, source: str = PARAMS_FILE) -> Params:
     """Turn a parsed YAML document into Params, or raise ConfigError naming every bad key."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of blocks (data, train, ...), got {type(raw).__name__}")
-    raw, errors = _moved(raw)
+    raw, errors = moved(raw)
     checked, invalid = _modality_errors(raw)
     errors += invalid
     try:
         params = Params.model_validate(checked)
     except ValidationError as exc:
         errors = [*errors, *exc.errors()]
-    errors = _merge_alternatives(errors)
+    errors = merge_alternatives(errors)
     if errors:
-        lines = "\n  ".join(_describe(err) for err in errors)
+        lines = "\n  ".join(describe(err) for err in errors)
         raise ConfigError(f"{source} has {len(errors)} invalid setting(s):\n  {lines}") from None
     return params
 

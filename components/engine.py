@@ -133,9 +133,9 @@ def training_arguments(params: TrainParams, output_dir: str, device: str, has_va
     import torch
     from transformers import TrainingArguments
 
-    if params.epochs == "auto":
-        raise ValueError("train.epochs auto is resolved by the train stage (components.train.resolved_epochs) "
-                         "before the Trainer's arguments are made")
+    if "auto" in (params.epochs, params.learning_rate, params.method):
+        raise ValueError("train.epochs, learning_rate and method auto are resolved by the train stage "
+                         "(components.train.resolved, components/recipe.py) before the Trainer's arguments are made")
     cuda = device == "cuda"
     bf16 = cuda and torch.cuda.is_bf16_supported()
     group = params.group_by_length if length_grouping is None else length_grouping

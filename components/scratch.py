@@ -21,7 +21,7 @@ from components.stage import StageError
 
 log = logging.getLogger(__name__)
 
-SCRATCH_LR_FACTORS = (1 / 3, 1.0, 3.0)  # random weights get their best of these multiples of train.learning_rate
+SCRATCH_LR_FACTORS = (1 / 3, 1.0, 3.0)  # random weights get their best of these multiples of the model's rate
 
 
 def _scores(truth: list[str], predicted: list[str], labels: list[str]) -> dict[str, float]:
@@ -33,8 +33,9 @@ def compare_with_scratch(params: Params, *, factors: tuple[float, ...] = SCRATCH
     """The same network from random weights, trained on the same train and val splits with the same recipe, scored
     on the same test rows as the pipeline's model (paths.model).
 
-    Random weights get a small search the pretrained model did not: each multiple `factors` of train.learning_rate
-    is tried and the one best on val macro-F1 is kept (the test split is never looked at for that). The difference
+    Random weights get a small search the pretrained model did not: each multiple `factors` of the learning rate
+    the pipeline's model trained at is tried and the one best on val macro-F1 is kept (the test split is never
+    looked at for that). The difference
     in test macro-F1 comes with a paired bootstrap interval (evaluate.confidence, bootstrap_resamples), the same
     test the gate uses against the champion. The result also goes to paths.scratch.
 
@@ -65,10 +66,11 @@ def compare_with_scratch(params: Params, *, factors: tuple[float, ...] = SCRATCH
         return [labels[i] for i in predictor.predict_proba(items, params.evaluate.batch_size).argmax(axis=1)]
 
     pretrained = test_predictions(Path(paths.model))
+    base_rate = float(read_meta(paths.model)["train"]["learning_rate"])  # as the pipeline's model trained (recipe)
     tried: list[dict[str, Any]] = []
     best: tuple[float, list[str]] | None = None
     for factor in factors:
-        learning_rate = float(f"{params.train.learning_rate * factor:.3g}")
+        learning_rate = float(f"{base_rate * factor:.3g}")
         with tempfile.TemporaryDirectory(prefix="tuneline-scratch-") as tmp:
             result = train(scratch_model, params.train.model_copy(update={"learning_rate": learning_rate}),
                            modality, paths.augmented, paths.prepared, Path(tmp) / "model", Path(tmp) / "train.json")

@@ -9,7 +9,6 @@ the frozen backbone runs once per data version and the head trains on its cached
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -17,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from components import modalities
-from components.config import ModelParams, Params, TrainParams
+from components import modalities, recipe
+from components.config import AugmentParams, ModelParams, Params, TrainParams
 from components.engine import CandidateScore, Job, TrainResult, fit, run_fingerprint, training_data
 from components.features import NotCacheable, on_cached_features
 from components.io import META_FILE, read_json, write_json
@@ -29,21 +28,19 @@ from components.stage import StageError, stage_main
 log = logging.getLogger(__name__)
 
 
-# train.epochs auto: a small train split gets more passes over it, so that a few examples per class still make
-# enough optimiser steps; a large one keeps the usual three (README, Few labels, has the measurements).
-AUTO_STEPS = 300
-AUTO_EPOCHS = (3, 20)
-
-
-def resolved_epochs(params: TrainParams, train_rows: int, world_size: int = 1) -> float:
-    """train.epochs, or for auto the epochs that come nearest AUTO_STEPS optimiser steps over train_rows rows,
-    clamped to AUTO_EPOCHS: 5,000 rows in batches of 16 train 3 epochs (~990 steps), 100 rows 20 (140 steps)."""
-    if params.epochs != "auto":
-        return float(params.epochs)
-    rows_per_step = params.batch_size * params.gradient_accumulation_steps * world_size
-    steps_per_epoch = max(1, math.ceil(train_rows / rows_per_step))
-    low, high = AUTO_EPOCHS
-    return float(min(max(math.ceil(AUTO_STEPS / steps_per_epoch), low), high))
+def resolved(params: TrainParams, model: ModelParams, modality: Modality, train: pd.DataFrame, labels: list[str],
+             world_size: int = 1) -> tuple[TrainParams, str]:
+    """params with every `auto` key decided (components/recipe.py), and the line that says what was chosen."""
+    chosen = recipe.choose(params, AugmentParams(copies_per_example=0.0), model,
+                           recipe.original_rows_per_class(train, labels), modality.contrastive)
+    epochs = recipe.epochs(params, len(train), world_size)
+    line = chosen.describe()  # the augment stage says what it chose for the copies
+    if params.epochs == recipe.AUTO:
+        line += f"{',' if chosen.chosen else ';'} epochs {epochs:g} ({len(train)} train rows in batches of " \
+                f"{params.batch_size * params.gradient_accumulation_steps * world_size})"
+    log.info("%s", line)
+    return params.model_copy(update={"method": chosen.method, "learning_rate": chosen.learning_rate,
+                                     "epochs": epochs}), line
 
 
 def write_ranking(path: str | Path, chosen: str, ranking: list[CandidateScore]) -> None:
@@ -165,16 +162,17 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
 
     labels, _, train, val, device = training_data(augmented_dir, prepared_dir, train_params)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    epochs = resolved_epochs(train_params, len(train), world_size)
-    if train_params.epochs == "auto":
-        log.info("train.epochs auto: %g epochs over %d train rows (batches of %d x %d)", epochs, len(train),
-                 train_params.batch_size, train_params.gradient_accumulation_steps * world_size)
-    train_params = train_params.model_copy(update={"epochs": epochs})
+    train_params, chosen = resolved(train_params, model_params, modality, train, labels, world_size)
     cache_dir = Path(work_dir) / "features" if work_dir is not None else None
     model_params = choose_model(modality, model_params, train_params, train, val, labels, device, cache_dir,
                                 selection_path)
+    method, epochs = train_params.method, train_params.epochs
+    if method == "contrastive" and not model_params.freeze_backbone:
+        log.info("train.method contrastive: the tuned encoder stays frozen while the head trains")
+        model_params = model_params.model_copy(update={"freeze_backbone": True})
     set_seed(train_params.seed)
     built = modality.build(labels, model_params)
+    tuned = modality.tune_contrastively(built, train, train_params, device) if method == "contrastive" else {}
     if built.thaw is not None:
         if world_size > 1:
             raise StageError("model.gradual_unfreeze changes which layers train mid-run, which DDP does not allow; "
@@ -194,7 +192,8 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
     log.info("trained %d steps on %d %s; best validation macro-F1 %.4f", result.steps, result.train_rows,
              modality.items, result.best_val_macro_f1)
     if int(os.environ.get("RANK", "0")) == 0:
-        write_json(metrics_path, {**read_json(metrics_path), "epochs": epochs})
+        write_json(metrics_path, {**read_json(metrics_path), "epochs": epochs, "method": method,
+                                  "learning_rate": train_params.learning_rate, "recipe": chosen, **tuned})
     if train_params.calibrate and len(val) and int(os.environ.get("RANK", "0")) == 0:
         calibrate(modality, Path(out_dir), val, Path(prepared_dir), labels, device, train_params.batch_size * 2,
                   metrics_path)

@@ -117,6 +117,7 @@ class Modality(ABC):
     checks: ClassVar[Mapping[str, str]] = {}  # the validate.severity keys it adds, with their default severity
     settings_type: ClassVar[type[BaseModel]]  # its block of params.yaml
     incoming_columns: ClassVar[tuple[str, ...]] = ()  # what scheduled runs keep of an incoming row; () = none taken
+    contrastive: ClassVar[bool] = False  # whether tune_contrastively works (train.method auto may then choose it)
     route: ClassVar[str]  # the HTTP route that classifies it
     request_example: ClassVar[str]  # the body that route takes, for messages
 
@@ -202,6 +203,14 @@ class Modality(ABC):
     @abstractmethod
     def collator(self, built: Built, train_params: TrainParams) -> tuple[Any, bool]:
         """The Trainer's data collator, and whether batches may be grouped by length."""
+
+    def tune_contrastively(self, built: Built, train: pd.DataFrame, train_params: TrainParams,
+                           device: str) -> dict[str, Any]:
+        """train.method contrastive: tune built.model's backbone in place on pairs of train items of the same and of
+        other labels; returns figures for the train summary. Only where `contrastive` is True (check_options refuses
+        train.method contrastive elsewhere)."""
+        raise NotImplementedError(f"train.method contrastive is for texts so far; set train.method to finetune for "
+                                  f"{self.items}")
 
     def head(self, built: Built) -> tuple[Any, Any]:
         """(dropout, head): the modules fed by one frozen-backbone vector per item; NotCacheable when there are none."""

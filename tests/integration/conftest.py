@@ -20,7 +20,8 @@ import yaml
 # A few hundred rows and a few dozen steps; floors low enough that a briefly trained model passes.
 TINY = {
     "data": {"max_rows": 400},
-    "train": {"epochs": 2, "learning_rate": 1.0e-4, "batch_size": 16, "early_stopping_patience": 0},
+    "train": {"epochs": 2, "learning_rate": 1.0e-4, "batch_size": 16, "early_stopping_patience": 0,
+              "method": "finetune"},
     "evaluate": {"min_macro_precision": 0.0, "min_macro_recall": 0.0, "min_macro_f1": 0.0, "min_class_recall": 0.0,
                  "min_margin_over_baseline": -1.0, "max_prediction_share": 1.0, "val_loss_below_chance": False},
 }

@@ -72,7 +72,7 @@ def test_mlp_head_is_trained_saved_and_rebuilt_for_serving(augmented: Path, prep
 
     head = {"type": "mlp", "hidden_sizes": [64, 32], "activation": "gelu", "dropout": 0.2}
     train_here(augmented, prepared, tmp_path, ModelParams(head=head),
-               TrainParams(max_steps=3, batch_size=8, head_learning_rate=1e-2))
+               TrainParams(method="finetune", max_steps=3, batch_size=8, head_learning_rate=1e-2))
 
     saved = load_file(str(tmp_path / "model" / "model.safetensors"))
     assert saved["classifier.0.weight"].shape == (64, 384)
@@ -88,7 +88,7 @@ def test_mlp_head_is_trained_saved_and_rebuilt_for_serving(augmented: Path, prep
 
 def test_lora_adapter_is_merged_into_plain_weights(augmented: Path, prepared: Path, tmp_path: Path) -> None:
     result = train_here(augmented, prepared, tmp_path, ModelParams(adapter="lora", lora={"r": 4}),
-                        TrainParams(max_steps=4, batch_size=8, learning_rate=5e-3))
+                        TrainParams(method="finetune", max_steps=4, batch_size=8, learning_rate=5e-3))
 
     assert result.trainable_params < result.total_params / 50  # the adapter and the head, not the backbone
     base, tuned = base_weights(), tuned_weights(tmp_path / "model")
@@ -109,7 +109,7 @@ def test_gradual_unfreezing_thaws_top_layers_first(augmented: Path, prepared: Pa
     shutil.copytree(prepared, no_val)
     write_split(no_val, "val", read_split(prepared, "val").iloc[:0])
     train_here(augmented, no_val, tmp_path, ModelParams(gradual_unfreeze=1),
-               TrainParams(epochs=2, batch_size=16, early_stopping_patience=0))
+               TrainParams(method="finetune", epochs=2, batch_size=16, early_stopping_patience=0))
 
     thawed = [r.getMessage() for r in caplog.records if "backbone groups thawed" in r.getMessage()]
     assert thawed[0].startswith("epoch 1: 0 of 7") and thawed[-1].startswith("epoch 2: 1 of 7")
@@ -125,7 +125,8 @@ def test_linear_probe_trains_on_cached_features(augmented: Path, prepared: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="components")  # the feature cache's messages
     work = tmp_path / "work"
-    model, train = ModelParams(freeze_backbone=True), TrainParams(epochs=3, learning_rate=5e-3, batch_size=16)
+    model = ModelParams(freeze_backbone=True)
+    train = TrainParams(method="finetune", epochs=3, learning_rate=5e-3, batch_size=16)
     first = train_here(augmented, prepared, tmp_path / "first", model, train, work_dir=work)
     second = train_here(augmented, prepared, tmp_path / "second", model, train, work_dir=work)
 
@@ -150,7 +151,7 @@ def test_candidates_are_ranked_and_the_best_trains(augmented: Path, prepared: Pa
     AutoTokenizer.from_pretrained(resolve_model(ModelParams())[0]).save_pretrained(random_model)
 
     model = ModelParams(candidates=[str(random_model), "builtin"], freeze_backbone=True)
-    train_here(augmented, prepared, tmp_path, model, TrainParams(max_steps=2, batch_size=16),
+    train_here(augmented, prepared, tmp_path, model, TrainParams(method="finetune", max_steps=2, batch_size=16),
                selection_path=tmp_path / "selection.json", work_dir=tmp_path / "work")
 
     ranking = read_json(tmp_path / "selection.json")
@@ -166,7 +167,7 @@ def stage_project(root: Path, prepared: Path, augmented: Path, train: dict) -> P
     (root / "data").mkdir(parents=True)
     shutil.copytree(prepared, root / "data" / "prepared")
     shutil.copytree(augmented, root / "data" / "augmented")
-    (root / "params.yaml").write_text(yaml.safe_dump({"train": train}))
+    (root / "params.yaml").write_text(yaml.safe_dump({"train": {"method": "finetune", **train}}))
     return root
 
 

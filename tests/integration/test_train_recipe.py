@@ -32,8 +32,9 @@ def test_frozen_layers_stay_put_while_weighted_smoothed_head_trains(prepared: Pa
     augmented.mkdir()
     write_split(augmented, "train", read_split(prepared, "train"))
     model_params = ModelParams(freeze_embeddings=True, freeze_layers=3)
-    train_params = TrainParams(max_steps=4, batch_size=4, gradient_accumulation_steps=2, class_weights="balanced",
-                               label_smoothing=0.1, head_learning_rate=1e-3, early_stopping_patience=0)
+    train_params = TrainParams(method="finetune", max_steps=4, batch_size=4, gradient_accumulation_steps=2,
+                               class_weights="balanced", label_smoothing=0.1, head_learning_rate=1e-3,
+                               early_stopping_patience=0)
     result = train.run(model_params, train_params, modalities.for_prepared(prepared), augmented, prepared,
                        tmp_path / "model", tmp_path / "m.json")
 
@@ -55,3 +56,40 @@ def test_frozen_layers_stay_put_while_weighted_smoothed_head_trains(prepared: Pa
     probabilities = load_predictor(tmp_path / "model").predict_proba(["a fine film", "dull"])
     assert probabilities.shape == (2, 3)
     assert probabilities.sum(axis=1) == pytest.approx([1.0, 1.0])
+
+
+def test_contrastive_method_tunes_the_encoder_and_ships_one_plain_folder(prepared: Path, tmp_path: Path) -> None:
+    """train.method auto on ~35 rows per class: SetFit's recipe (pairs, then a logistic-regression head on the
+    frozen tuned encoder) saved as an ordinary safetensors folder that evaluate and the gate read as any other."""
+    from safetensors.torch import load_file
+
+    from components import evaluate, train
+    from components.config import EvaluateParams
+    from components.modalities.text.pooling import NORMALISED_MEAN
+
+    augmented = tmp_path / "augmented"
+    augmented.mkdir()
+    write_split(augmented, "train", read_split(prepared, "train").assign(augmented=False))
+    train_params = TrainParams(contrastive_pairs=1, epochs=1, batch_size=16)
+    result = train.run(ModelParams(), train_params, modalities.for_prepared(prepared), augmented, prepared,
+                       tmp_path / "model", tmp_path / "train.json")
+
+    summary = read_json(tmp_path / "train.json")
+    rows = len(read_split(prepared, "train"))
+    assert summary["method"] == "contrastive" and summary["contrastive_pairs"] == 2 * rows
+    assert summary["contrastive_steps"] == -(-2 * rows // 16)
+    meta = read_json(tmp_path / "model" / "tuneline.json")
+    assert meta["pooling"] == NORMALISED_MEAN and meta["model"]["freeze_backbone"] is True
+    assert meta["train"]["method"] == "contrastive"
+    assert result.trainable_params < result.total_params / 100  # the head alone trained after the tuning
+    assert not list((tmp_path / "model").glob("*.pkl")) and (tmp_path / "model" / "model.safetensors").is_file()
+    base = load_file(str(Path(resolve_model(ModelParams())[0]) / "model.safetensors"))
+    tuned = load_file(str(tmp_path / "model" / "model.safetensors"))
+    name = "encoder.layer.5.output.dense.weight"
+    assert not torch.equal(next(v for k, v in base.items() if k.endswith(name)),
+                           next(v for k, v in tuned.items() if k.endswith(name)))
+    scored = evaluate.run(EvaluateParams(), tmp_path / "model", prepared, tmp_path / "test.json",
+                          tmp_path / "gate.json")
+    assert 0.0 < scored.macro_f1 <= 1.0
+    probabilities = load_predictor(tmp_path / "model").predict_proba(["a fine film", "dull"])
+    assert probabilities.shape == (2, 3) and probabilities.sum(axis=1) == pytest.approx([1.0, 1.0])

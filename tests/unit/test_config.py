@@ -15,7 +15,7 @@ def test_project_params_file_parses(project_root: Path) -> None:
 
 def test_empty_document_gives_defaults() -> None:
     params = parse_params(None)
-    assert params.train.learning_rate == pytest.approx(5e-5)
+    assert params.train.recipe == params.train.learning_rate == params.augment.copies_per_example == "auto"
     assert params.serve.host == "127.0.0.1"
 
 

@@ -106,31 +106,10 @@ def test_default_train_params_keep_the_models_own_loss() -> None:
 def test_training_arguments_carry_the_train_block(tmp_path) -> None:
     from components.engine import training_arguments
 
-    params = TrainParams(epochs=2, gradient_accumulation_steps=4, batch_size=8, lr_scheduler="cosine",
-                         warmup_ratio=0.2)
+    params = TrainParams(epochs=2, learning_rate=5e-5, method="finetune", gradient_accumulation_steps=4,
+                         batch_size=8, lr_scheduler="cosine", warmup_ratio=0.2)
     args = training_arguments(params, str(tmp_path), "cpu", has_val=True)
     assert args.gradient_accumulation_steps == 4 and args.per_device_train_batch_size == 8
     assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.2
     assert args.metric_for_best_model == "macro_f1" and args.load_best_model_at_end
     assert not args.bf16 and not args.fp16 and args.num_train_epochs == 2
-
-
-@pytest.mark.parametrize(("rows", "batch", "accumulation", "world", "expected"), [
-    (5273, 16, 1, 1, 3.0),   # the built-in corpus: the usual three epochs (~990 steps)
-    (48, 16, 1, 1, 20.0),    # 16 examples of 3 classes: 3 steps an epoch, capped at 20 epochs
-    (288, 16, 1, 1, 17.0),   # 64 of 3 classes with half as many copies: 18 steps an epoch, 17 epochs ~ 300 steps
-    (1600, 16, 1, 1, 3.0),   # 100 steps an epoch: 3
-    (1600, 8, 2, 2, 6.0),    # 32 rows per optimiser step across 2 processes: 50 steps an epoch, 6 epochs
-])
-def test_auto_epochs_aim_at_a_step_budget(rows, batch, accumulation, world, expected) -> None:
-    from components.train import resolved_epochs
-
-    params = TrainParams(batch_size=batch, gradient_accumulation_steps=accumulation)
-    assert params.epochs == "auto"
-    assert resolved_epochs(params, rows, world) == expected
-
-
-def test_explicit_epochs_win_over_auto() -> None:
-    from components.train import resolved_epochs
-
-    assert resolved_epochs(TrainParams(epochs=2.5), 10) == 2.5

@@ -42,6 +42,9 @@ class ImageModality(Modality):
                              "images")
         if params.train.num_processes > 1:
             raise StageError("train.num_processes > 1 (DDP) is for text models so far; set it to 1 for images")
+        if params.train.method == "contrastive":
+            raise StageError("train.method contrastive is for text models so far; set it to finetune or auto for "
+                             "images")
         if params.data.split_column:
             raise StageError("data.split_column is read from text tables so far; give images' splits as "
                              "data.val_path / data.test_path (a folder per class or a table each), or remove it")

@@ -44,6 +44,7 @@ class TextModality(Modality):
               "invalid_utf8": "error"}
     settings_type = TextParams
     incoming_columns = ("text", "label")
+    contrastive = True
     route = "/classify"
     request_example = '{"texts": ["...", ...]}'
     settings: TextParams
@@ -52,6 +53,11 @@ class TextModality(Modality):
         if not params.model.pretrained:
             raise StageError("model.pretrained: false (random weights) is for image backbones; set it to true for "
                              "text")
+        if params.train.method == "contrastive" and (params.train.num_processes > 1 or params.model.adapter != "none"
+                                                     or params.model.gradual_unfreeze):
+            raise StageError("train.method contrastive tunes the whole encoder in one process, then trains the head "
+                             "alone; set train.num_processes to 1, model.adapter to none and model.gradual_unfreeze "
+                             "to 0, or train.method to finetune")
 
     def read(self, data: DataParams, work: Path) -> Loaded:
         from components.modalities.text.source import read
@@ -137,6 +143,12 @@ class TextModality(Modality):
 
         grouping = train_params.group_by_length and train_params.padding != "max_length"
         return DataCollatorWithPadding(built.extra["tokenizer"]), grouping
+
+    def tune_contrastively(self, built: Built, train: pd.DataFrame, train_params: TrainParams,
+                           device: str) -> dict[str, Any]:
+        from components.modalities.text.contrastive import tune
+
+        return tune(built, train, train_params, self.settings.max_tokens, self.settings.truncation, device)
 
     def head(self, built: Built) -> tuple[Any, Any]:
         from components.modalities.text.features import cacheable_head

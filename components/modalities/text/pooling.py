@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 POOLINGS = ("auto", "mean", "cls")
 META_KEY = "pooling"
+# The mean scaled to unit length: what sentence-transformers' cosine losses compare, and so what the head reads after
+# train.method contrastive tuned the encoder with one (recorded in tuneline.json; not a text.pooling choice).
+NORMALISED_MEAN = "mean_normalised"
+MEANS = ("mean", NORMALISED_MEAN)
 
 
 def checkpoint_pooling(source: str | Path) -> str | None:
@@ -68,15 +72,16 @@ def resolve(requested: str, source: str | Path, model: Any) -> str:
 
 
 def apply(model: Any, pooling: str) -> Any:
-    """Make the model's head read `pooling` ("mean" or "cls"); cls leaves the model as it is. Returns the model."""
-    if pooling == "mean":
+    """Make the model's head read `pooling` ("mean", "mean_normalised" or "cls"); cls leaves the model as it is.
+    Returns the model."""
+    if pooling in MEANS:
         if not reads_pooler(model):
             raise StageError(f"this model was trained with mean pooling, but {type(model).__name__} has no pooler to "
                              "replace")
-        if of(model) != "mean":
+        if of(model) not in MEANS:
             model.base_model.register_forward_hook(_mean_pooler_output, with_kwargs=True)
     elif pooling != "cls":
-        raise StageError(f"unknown pooling {pooling!r}; expected mean or cls")
+        raise StageError(f"unknown pooling {pooling!r}; expected mean, {NORMALISED_MEAN} or cls")
     model.base_model.tuneline_pooling = pooling
     return model
 
@@ -93,7 +98,8 @@ def masked_mean(hidden: Any, mask: Any) -> Any:
 
 
 def _mean_pooler_output(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-    """A forward hook on the base model: its pooler output becomes the masked mean of its last hidden states."""
+    """A forward hook on the base model: its pooler output becomes the masked mean of its last hidden states (scaled
+    to unit length for mean_normalised)."""
     import torch
 
     hidden = output[0]
@@ -102,5 +108,8 @@ def _mean_pooler_output(module: Any, args: tuple[Any, ...], kwargs: dict[str, An
         mask = args[1]
     if mask is None:
         mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
-    output["pooler_output"] = masked_mean(hidden, mask)
+    pooled = masked_mean(hidden, mask)
+    if getattr(module, "tuneline_pooling", "mean") == NORMALISED_MEAN:
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    output["pooler_output"] = pooled
     return output
