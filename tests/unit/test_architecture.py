@@ -144,3 +144,32 @@ def test_modules_and_functions_stay_short(folder: str) -> None:
                 if length > MAX_FUNCTION_LINES:
                     long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
     assert not long_modules and not long_functions, long_modules + long_functions
+
+
+def _dotted_params(stages: dict, params: dict) -> Iterator[tuple[str, str]]:
+    """(stage, key) for each dotted param a stage of dvc.yaml names, `${...}` resolved from `params`."""
+    for stage, spec in stages.items():
+        for entry in spec.get("params", []):
+            for key in entry if isinstance(entry, dict) else [entry]:
+                yield stage, re.sub(r"\$\{([\w.]+)\}", lambda m: str(_lookup(params, m.group(1))), key)
+
+
+def _lookup(params: dict, dotted: str) -> object:
+    value: object = params
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return KeyError(dotted)
+        value = value[part]
+    return value
+
+
+@pytest.mark.parametrize("shipped", ["params.yaml", "images/params.yaml"])
+def test_every_param_dvc_yaml_names_is_in_each_shipped_params_file(shipped: str) -> None:
+    """`dvc repro` refuses a stage whose params are missing from params.yaml (images/ shares the project's dvc.yaml)."""
+    import yaml
+
+    params = yaml.safe_load((ROOT / shipped).read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    missing = [f"{stage}: {key}" for stage, key in _dotted_params(stages, params)
+               if isinstance(_lookup(params, key), KeyError)]
+    assert not missing, f"{shipped} lacks params dvc.yaml names: {missing}"
