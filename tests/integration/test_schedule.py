@@ -81,6 +81,12 @@ def scheduled(tmp_path_factory: pytest.TempPathFactory, project_root: Path, pref
             process.kill()
 
 
+def split_texts(project: Path) -> set[str]:
+    """The texts of the project's prepared test split."""
+    path = project / "data" / "prepared" / "test.jsonl"
+    return {json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
 def wait_for_deployment(process: subprocess.Popen, log_path: Path, timeout_s: float = 120) -> None:
     from prefect.client.orchestration import get_client
 
@@ -145,6 +151,10 @@ def snapshot(project: Path, env: dict[str, str]) -> dict:
 
 def test_a_scheduled_run_takes_new_rows_retrains_promotes_pushes_and_records(scheduled, project_root: Path) -> None:
     project, env = scheduled
+    # the splits before any row arrives (data.split hash, params.yaml's default): every test row must stay in test
+    prepared = dvc(project, "repro", "prepare", env=env)
+    assert prepared.returncode == 0, prepared.stdout[-2000:] + prepared.stderr[-2000:]
+    earlier_test = split_texts(project)
     incoming = project / "data" / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     (incoming / "batch-1.csv.part").write_text(new_labelled_rows(project_root, NEW_ROWS))
@@ -158,6 +168,8 @@ def test_a_scheduled_run_takes_new_rows_retrains_promotes_pushes_and_records(sch
     assert record["outcome"] == "retrained" and "train" in record["stages_run"]
     assert [item["new_rows"] for item in record["incoming"]["taken"]] == [NEW_ROWS]
     assert not list(incoming.glob("*.csv")), "the taken file is still waiting"
+    now_test = split_texts(project)
+    assert earlier_test and earlier_test <= now_test and len(now_test) > len(earlier_test)  # it only grew
     summary = json.loads((project / "data/prepared/summary.json").read_text())
     assert "1 accepted file(s)" in summary["source"] and f"({NEW_ROWS} rows)" in summary["source"]
     # a new promoted champion: this run's model
