@@ -19,7 +19,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install run repro run-images serve serve-images schedule predict test test-unit bench bench-train bench-validate bench-augment bench-fewshot bench-serve clean
+.PHONY: help install speech-data run repro run-images serve serve-images schedule predict test test-unit bench bench-train bench-validate bench-augment bench-fewshot bench-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,19 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install the pinned dependencies
+
+# The built-in speech data set (components/modalities/audio/builtin.py): Debian's voice prompts in five languages,
+# fetched with apt-get download (no root) and unpacked with dpkg-deb -x into .cache/speech; nothing from a data hub.
+SPEECH_DIR := .cache/speech
+SPEECH_PACKAGES := $(foreach language,en es fr it ru,asterisk-core-sounds-$(language)-wav=1.6.1-1)
+$(SPEECH_DIR)/.unpacked:
+	rm -rf $(SPEECH_DIR) && mkdir -p $(SPEECH_DIR)/debs
+	cd $(SPEECH_DIR)/debs && apt-get download -q $(SPEECH_PACKAGES)
+	for deb in $(SPEECH_DIR)/debs/*.deb; do dpkg-deb -x $$deb $(SPEECH_DIR); done
+	rm -rf $(SPEECH_DIR)/debs
+	touch $@
+
+speech-data: $(SPEECH_DIR)/.unpacked  ## fetch and unpack the built-in speech data set (Debian packages, ~100 MB)
 
 run: install  ## run the whole pipeline (Prefect flow over dvc.yaml) on the configured data
 	$(VENV)/bin/tuneline run
