@@ -24,6 +24,7 @@ import pandas as pd
 
 from components.config import DataParams
 from components.modalities import Loaded
+from components.modalities.folders import class_folders
 from components.modalities.image.settings import ImageParams
 from components.stage import StageError
 from components.tables import label_string, read_source
@@ -104,28 +105,6 @@ def _with(info: ImageInfo, problem: str) -> ImageInfo:
                      problem)
 
 
-def class_folders(root: str | Path) -> list[tuple[Path, str]]:
-    """(file, label) for every file in root's sub-folders, the label being the sub-folder's name; sorted.
-
-    Files of any suffix are listed (inspect_image says which are no images); hidden files and folders are skipped.
-
-    Raises:
-        StageError: root is missing, not a folder, or has no sub-folder with a file in it.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise StageError(f"data.path {str(root)!r} is not a folder; for images, give a folder with one sub-folder "
-                         "per class, or a CSV/Parquet file of image paths and labels")
-    pairs = [(path, folder.name)
-             for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-             for path in sorted(folder.rglob("*"))
-             if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)]
-    if not pairs:
-        raise StageError(f"data.path {str(root)!r} has no class sub-folders with files in them; put each class's "
-                         "images in a sub-folder named after the class (e.g. cats/001.jpg, dogs/002.jpg)")
-    return pairs
-
-
 def write_digits(out_dir: str | Path) -> list[tuple[Path, str]]:
     """Write scikit-learn's bundled digits as 8x8 grey PNG files under out_dir/<digit>/; (file, label) per image."""
     import numpy as np
@@ -164,8 +143,8 @@ def source_files(data: DataParams, settings: ImageParams,
                 "builtin:scikit-learn load_digits", "folders", [])
     path = Path(data.path)
     if path.is_dir():
-        return ([(file, label, i + 1) for i, (file, label) in enumerate(class_folders(path))], str(path), "folders",
-                [])
+        listed = class_folders(path, "images")
+        return [(file, label, i + 1) for i, (file, label) in enumerate(listed)], str(path), "folders", []
     table = read_source(path, (settings.column, data.label_column), data.delimiter, data.encoding, keys=COLUMN_KEYS)
     triples = [(path.parent / name.strip() if isinstance(name, str) and name.strip() else path.parent, label, line)
                for name, label, line in zip(table.item, table.label, table.line, strict=True)]
