@@ -17,6 +17,7 @@ class AudioParams(Block):
 
     column: str = "audio"  # a table source's column of audio paths, relative to the table file
     builtin_dir: str = ".cache/speech"  # where `make speech-data` unpacks the built-in data set (data.path builtin)
+    model_cache: str = ".cache/models"  # the built-in Whisper encoder, converted once per source file (whisper.py)
     sample_rate: Annotated[int, Field(ge=8_000, le=48_000)] = 16_000  # what every clip is resampled to (Whisper)
     clip_seconds: Annotated[float, Field(gt=0.0, le=30.0)] = 5.0  # the model hears this much (cut or padded)
     min_seconds: Seconds = 0.1  # a shorter clip is refused (validate.severity.audio_too_short)
