@@ -10,6 +10,35 @@ from pydantic import Field, model_validator
 from components.config import Block, Probability
 
 Seconds = Annotated[float, Field(gt=0.0, le=86_400.0)]
+Range = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class AudioAugmentParams(Block):
+    """Perturbations of train clips, each drawn with its probability (audiomentations)."""
+
+    p_shift: Probability = 0.5  # roll the clip in time by up to max_shift of its length
+    max_shift: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    p_gain: Probability = 0.5  # louder or softer, gain_db
+    gain_db: Range = [-6.0, 6.0]
+    p_speed: Probability = 0.3  # faster or slower, pitch kept (speed_rate)
+    speed_rate: Range = [0.9, 1.1]
+    p_pitch: Probability = 0.3  # higher or lower, length kept (pitch_semitones)
+    pitch_semitones: Range = [-2.0, 2.0]
+    p_noise: Probability = 0.3  # white noise at snr_db signal-to-noise
+    snr_db: Range = [15.0, 35.0]
+    p_time_mask: Probability = 0.3  # SpecAugment's time mask: up to max_time_mask of the clip silenced
+    max_time_mask: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    p_frequency_mask: Probability = 0.3  # its frequency mask, on the waveform: a band-stop filter at a random band
+
+    @model_validator(mode="after")
+    def _ranges_in_order(self) -> AudioAugmentParams:
+        for name in ("gain_db", "speed_rate", "pitch_semitones", "snr_db"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"audio.augment.{name} [{low}, {high}] must be [lower, higher]")
+        if self.speed_rate[0] <= 0:
+            raise ValueError(f"audio.augment.speed_rate {self.speed_rate} must be above 0")
+        return self
 
 
 class AudioParams(Block):
@@ -29,6 +58,7 @@ class AudioParams(Block):
     max_channels: Annotated[int, Field(ge=1, le=64)] = 2  # mono or stereo; more is refused (audio_channels)
     silence_dbfs: Annotated[float, Field(ge=-200.0, le=0.0)] = -60.0  # RMS below this is silence (audio_silent)
     max_clipped: Probability = 0.01  # share of samples at full scale above which a clip is clipped (audio_clipped)
+    augment: AudioAugmentParams = AudioAugmentParams()
 
     @model_validator(mode="after")
     def _limits_in_order(self) -> AudioParams:
