@@ -128,9 +128,10 @@ def subsample(frame: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFr
 def split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int, keys: pd.Series) -> Splits:
     """Stratified, seeded split that keeps rows sharing a key together, so no item lands in two splits.
 
-    `keys` is the modality's item_key of each row (a text's dedup key, an image's content hash). Within each label
-    the groups of equal keys are shuffled by `seed`; the first share goes to test, the next to val, the rest to
-    train (which always gets at least one group). The same input and seed give the same splits.
+    `keys` is the modality's split_key of each row (its item key: a text's dedup key, an image's content hash; or
+    the row's group). Within each label the groups of equal keys are shuffled by `seed`; the first share goes to
+    test, the next to val, the rest to train (which always gets at least one group). The same input and seed give
+    the same splits.
     """
     groups = pd.DataFrame({"key": keys, "label": frame["label"].fillna("")}).drop_duplicates("key")
     rng = np.random.default_rng(seed)
@@ -275,7 +276,7 @@ def run(data: DataParams, modality: Modality, out_dir: str | Path,
         frame, by_column = column_splits(loaded.frame.drop(columns=NOISE, errors="ignore"), data)
         given_frames = {name: part.frame.drop(columns=NOISE, errors="ignore") for name, part in given.items()}
         labels = label_list(everything.frame, data.labels)
-        splits = assign(frame, data, modality.item_key(frame).fillna(""), given_frames, by_column)
+        splits = assign(frame, data, modality.split_key(frame).fillna(""), given_frames, by_column)
         for name, part in splits.items():
             write_split(tmp, name, modality.store(part, tmp))
         write_json(tmp / LABELS_FILE, labels)

@@ -148,6 +148,11 @@ class Modality(ABC):
     def item_key(self, frame: pd.DataFrame) -> pd.Series:
         """What makes two rows the same item (splits, duplicates, leakage); NA or "" for a row that has none."""
 
+    def split_key(self, frame: pd.DataFrame) -> pd.Series:
+        """What decides a row's split: rows sharing it share a split. By default the item key; a source whose rows
+        come in groups that must not straddle splits (one prompt recorded in five languages) returns the group."""
+        return self.item_key(frame)
+
     def store(self, frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
         """Copy what a split's rows point at into the prepared folder (image files) and return the rows as the split
         keeps them; texts live in the rows."""

@@ -21,7 +21,7 @@ import pandas as pd
 
 from components.config import DataParams
 from components.modalities import Loaded
-from components.modalities.audio import builtin
+from components.modalities.audio.builtin import LANGUAGES, VERSION, clips
 from components.modalities.audio.clips import AudioInfo, inspect_audio
 from components.modalities.audio.settings import AudioParams
 from components.modalities.folders import class_folders
@@ -40,9 +40,9 @@ def source_files(data: DataParams, settings: AudioParams
     """The source's (file, label, line, group) rows, its name and format for messages, and the table records it
     could not read. `line` is the record's line in a table, or the file's 1-based position in a folder source."""
     if data.is_builtin:
-        listed = builtin.clips(settings.builtin_dir)
+        listed = clips(settings.builtin_dir)
         return ([(path, language, i + 1, prompt) for i, (path, language, prompt) in enumerate(listed)],
-                f"builtin:Debian asterisk-core-sounds {builtin.VERSION} ({', '.join(builtin.LANGUAGES)})", "folders",
+                f"builtin:Debian asterisk-core-sounds {VERSION} ({', '.join(LANGUAGES)})", "folders",
                 [])
     path = Path(data.path)
     if path.is_dir():
