@@ -45,6 +45,7 @@ PARAMS_ENV = "TUNELINE_PARAMS"
 API_KEY_ENV = "TUNELINE_API_KEY"
 CLASSIFY_ROUTE = modalities.get("text").route  # each modality names the route that takes its items
 CLASSIFY_IMAGE_ROUTE = modalities.get("image").route
+CLASSIFY_AUDIO_ROUTE = modalities.get("audio").route
 MODEL_ROUTE = "/model"
 
 # BentoML reads the limits, the request schema and the model reference when the class is defined, so the params load
@@ -93,6 +94,21 @@ class ClassifyImageRequest(BaseModel):
     ]
     top_k: Annotated[int | None, Field(ge=1, description=(
         f"labels to return per image, most likely first (default {_serve.top_k}; more than the model has = all)"
+    ))] = None
+
+
+class ClassifyAudioRequest(BaseModel):
+    """The clips to classify, each a base64-encoded WAV, FLAC, OGG or MP3 file."""
+
+    model_config = ConfigDict(extra="forbid", title="ClassifyAudioRequest")
+
+    audio: Annotated[
+        list[Annotated[str, Field(min_length=1)]],
+        Field(min_length=1, max_length=_serve.max_texts_per_request,
+              description=f"1 to {_serve.max_texts_per_request} base64-encoded audio files"),
+    ]
+    top_k: Annotated[int | None, Field(ge=1, description=(
+        f"labels to return per clip, most likely first (default {_serve.top_k}; more than the model has = all)"
     ))] = None
 
 
@@ -229,12 +245,13 @@ def _media_type(headers: dict[bytes, bytes]) -> str:
     return declared.split(b";")[0].strip().decode("latin-1").lower()
 
 
-MULTIPART_FIELDS = ("images", "top_k")
+# the routes that also take files as multipart/form-data: the file field (repeated) and an example file
+MULTIPART_FILES = {CLASSIFY_IMAGE_ROUTE: ("images", "digit.png"), CLASSIFY_AUDIO_ROUTE: ("audio", "clip.wav")}
 
 
 async def _multipart_as_json(scope: dict[str, Any], body: bytes) -> tuple[bytes, JSONResponse | None]:
-    """A multipart/form-data request of image files (fields `images`, repeated, and optionally `top_k`) as the
-    JSON body /classify_image takes, each file's bytes in base64; or a 400 that says what was wrong with it."""
+    """A multipart/form-data request of files (the route's field, repeated, and optionally `top_k`) as the JSON body
+    the route takes, each file's bytes in base64; or a 400 that says what was wrong with it."""
     import base64
     import json
 
@@ -242,26 +259,28 @@ async def _multipart_as_json(scope: dict[str, Any], body: bytes) -> tuple[bytes,
     from starlette.formparsers import MultiPartException
     from starlette.requests import Request
 
-    how = "send each image as a file field named 'images' (curl -F images=@digit.png), and top_k as a field"
+    field, example = MULTIPART_FILES[scope["path"]]
+    fields = (field, "top_k")
+    how = f"send each file as a file field named {field!r} (curl -F {field}=@{example}), and top_k as a field"
     try:
         form = await Request(scope, _replay(body)).form(max_files=_serve.max_texts_per_request,
-                                                        max_fields=len(MULTIPART_FIELDS))
+                                                        max_fields=len(fields))
     except (MultiPartException, HTTPException, ValueError) as exc:  # HTTPException: starlette's wrapping of the first
         detail = getattr(exc, "message", None) or getattr(exc, "detail", None) or str(exc)
         return b"", _error(400, f"the multipart body could not be read ({detail}); {how}")
     try:
-        unknown = sorted(set(form.keys()) - set(MULTIPART_FIELDS))
+        unknown = sorted(set(form.keys()) - set(fields))
         if unknown:
             return b"", _error(400, f"unknown form field(s) {unknown}; {how}")
-        files = form.getlist("images")
+        files = form.getlist(field)
         if not files:
-            return b"", _error(400, f"no 'images' file in the form; {how}")
-        images = []
+            return b"", _error(400, f"no {field!r} file in the form; {how}")
+        encoded = []
         for index, item in enumerate(files):
             if isinstance(item, str):
-                return b"", _error(400, f"images[{index}] is a text field, not a file; {how}")
-            images.append(base64.b64encode(await item.read()).decode("ascii"))
-        payload: dict[str, Any] = {"images": images}
+                return b"", _error(400, f"{field}[{index}] is a text field, not a file; {how}")
+            encoded.append(base64.b64encode(await item.read()).decode("ascii"))
+        payload: dict[str, Any] = {field: encoded}
         top_k = form.get("top_k")
         if top_k is not None:
             if not isinstance(top_k, str) or not top_k.strip().isdigit():
@@ -404,6 +423,16 @@ class TunelineService:
         """
         return await self._classify(CLASSIFY_IMAGE_ROUTE, images, top_k)
 
+    @bentoml.api(route=CLASSIFY_AUDIO_ROUTE, input_spec=ClassifyAudioRequest, output_spec=ClassifyResponse)
+    async def classify_audio(self, audio: list[str], top_k: int | None = None) -> ClassifyResponse:
+        """One prediction per clip, in request order; batched with concurrent requests like texts.
+
+        Each clip is a base64-encoded file (or a multipart file field `audio`), checked as training data is
+        (readable, within audio.* rate, channel, length, level and clipping limits); a bad one gets a 400 naming
+        its position and problem.
+        """
+        return await self._classify(CLASSIFY_AUDIO_ROUTE, audio, top_k)
+
     async def _classify(self, route: str, items: list[Any], top_k: int | None) -> ClassifyResponse:
         """The answer of a route: refused when the served model takes its items at another route, each item decoded
         by the model's modality (a 400 naming the bad one), then batched and ranked."""
@@ -471,6 +500,7 @@ def _model_tag() -> str:
     return str(TunelineService.inner.model.tag)
 
 
-TunelineService.add_asgi_middleware(RequestGuard, protected=(CLASSIFY_ROUTE, CLASSIFY_IMAGE_ROUTE, MODEL_ROUTE),
-                                    json_paths=(CLASSIFY_ROUTE, CLASSIFY_IMAGE_ROUTE),
-                                    multipart_paths=(CLASSIFY_IMAGE_ROUTE,), max_body_bytes=_serve.max_body_bytes)
+TunelineService.add_asgi_middleware(RequestGuard, protected=(CLASSIFY_ROUTE, CLASSIFY_IMAGE_ROUTE,
+                                                                CLASSIFY_AUDIO_ROUTE, MODEL_ROUTE),
+                                    json_paths=(CLASSIFY_ROUTE, CLASSIFY_IMAGE_ROUTE, CLASSIFY_AUDIO_ROUTE),
+                                    multipart_paths=tuple(MULTIPART_FILES), max_body_bytes=_serve.max_body_bytes)

@@ -263,6 +263,7 @@ class Modality(ABC):
 BUILTIN = {
     "text": "components.modalities.text",
     "image": "components.modalities.image",
+    "audio": "components.modalities.audio",
 }
 _registered: dict[str, type[Modality]] = {}
 

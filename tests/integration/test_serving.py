@@ -316,8 +316,8 @@ def test_schema_fuzz_finds_no_server_error(server: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     counts = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
     assert counts and int(counts[1]) == int(counts[2]) >= 100, result.stdout[-2000:]
-    # /classify, /classify_image, /model and BentoML's four
-    assert re.search(r"Tested: +7", result.stdout), result.stdout[-2000:]
+    # /classify, /classify_image, /classify_audio, /model and BentoML's four
+    assert re.search(r"Tested: +8", result.stdout), result.stdout[-2000:]
     still = classify(server, {"texts": ["still answering after the fuzz?"]})
     assert still.status_code == 200, still.text
 

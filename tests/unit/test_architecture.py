@@ -117,7 +117,7 @@ def test_a_modality_package_never_imports_a_stage() -> None:
 def test_the_stages_know_no_modality_by_name() -> None:
     """Outside the modality packages (and the registry, their index) nothing asks which modality it has."""
     pattern = re.compile(r"holds_images|isinstance\(.*ImagePredictor|modality ==|modality\.name ==|"
-                         r"components\.modalities\.(text|image)")
+                         r"components\.modalities\.(text|image|audio)")
     found = []
     for folder in ("components", "serving", "flows", "tuneline"):
         for path in (ROOT / folder).rglob("*.py"):
@@ -163,7 +163,7 @@ def _lookup(params: dict, dotted: str) -> object:
     return value
 
 
-@pytest.mark.parametrize("shipped", ["params.yaml", "images/params.yaml"])
+@pytest.mark.parametrize("shipped", ["params.yaml", "images/params.yaml", "audio/params.yaml"])
 def test_every_param_dvc_yaml_names_is_in_each_shipped_params_file(shipped: str) -> None:
     """`dvc repro` refuses a stage whose params are missing from params.yaml (images/ shares the project's dvc.yaml)."""
     import yaml

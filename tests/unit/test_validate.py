@@ -30,6 +30,8 @@ TEXT = TextModality(TextParams(min_chars=1, max_chars=200))  # the text modality
 LABELS = ["neg", "pos"]
 EVERY_CHECK = set(ValidateSeverity.names())
 IMAGE_ONLY = {"unreadable_image", "image_too_small", "image_too_large", "image_channels"}
+AUDIO_ONLY = {"unreadable_audio", "audio_sample_rate", "audio_channels", "audio_too_short", "audio_too_long",
+              "audio_silent", "audio_clipped"}
 
 Row = tuple[int, "str | None", "str | None"]  # source_row, text, label
 
@@ -124,7 +126,7 @@ def test_clean_data_passes_and_the_report_is_stable(prepared: Prepare, tmp_path:
     checks = _checks(written)
     assert all(c["result"] == "pass" and c["success"] is True and c["unexpected_count"] == 0 for _, c in checks)
     # Every check of validate.severity ran, with its severity beside it.
-    assert {c["check"] for _, c in checks} == EVERY_CHECK - IMAGE_ONLY  # text data: no image checks
+    assert {c["check"] for _, c in checks} == EVERY_CHECK - IMAGE_ONLY - AUDIO_ONLY  # text data
     assert all(c["severity"] == getattr(PARAMS.severity, c["check"]) for _, c in checks)
     assert {c["expectation"] for c in written["splits"]["train"]["checks"]} >= {
         "expect_table_columns_to_match_set", "expect_column_values_to_not_be_null",
@@ -327,8 +329,9 @@ def test_severities_are_typed_and_unknown_checks_are_named() -> None:
     assert {k for k, v in defaults.model_dump().items() if v == "warning"} == {
         "imbalance", "exact_duplicates", "normalised_duplicates", "conflicting_labels"}
     documented = [set(yaml.safe_load((ROOT / name).read_text())["validate"]["severity"])
-                  for name in ("params.yaml", "images/params.yaml")]  # the image checks are documented there
-    assert documented[0] | documented[1] == EVERY_CHECK and documented[1] == IMAGE_ONLY
+                  for name in ("params.yaml", "images/params.yaml", "audio/params.yaml")]  # each its own checks
+    assert documented[0] | documented[1] | documented[2] == EVERY_CHECK
+    assert documented[1] == IMAGE_ONLY and documented[2] == AUDIO_ONLY
 
 
 # --- the row checks done in pandas ----------------------------------------------------------------------------------

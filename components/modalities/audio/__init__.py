@@ -4,8 +4,8 @@ compared with logistic regression on log-mel statistics. Its block of params.yam
 pieces live beside it: clips.py (what a file holds), files.py (sources, storing, hearing a clip), builtin.py (the
 built-in data set), whisper.py (the built-in backbone), model.py (model, rows, predictor, baseline), augment.py.
 
-Not registered in components.modalities.BUILTIN yet (issue 18 is being built): the stages, params.yaml, the service
-route and `make run-audio` come next.
+audio/params.yaml runs it on the built-in data set (`make run-audio`). Still to come (issue 18): the service's
+/classify_audio route and audio files taken by scheduled runs.
 """
 
 from __future__ import annotations
