@@ -19,7 +19,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install speech-data run repro run-images serve serve-images schedule predict test test-unit bench bench-train bench-validate bench-augment bench-fewshot bench-serve clean
+.PHONY: help install speech-data run repro run-images run-audio serve serve-images serve-audio schedule predict test test-unit bench bench-train bench-validate bench-augment bench-fewshot bench-serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -62,11 +62,17 @@ run-images: install  ## the image pipeline (images/params.yaml: digits, Efficien
 	@# is the pipeline's
 	$(VENV)/bin/tuneline --root images run; status=$$?; $(VENV)/bin/tuneline --root images scratch && exit $$status
 
+run-audio: install speech-data  ## the speech pipeline (audio/params.yaml: language of Debian's voice prompts, Whisper tiny.en), then the same network untrained
+	$(VENV)/bin/tuneline --root audio run; status=$$?; $(VENV)/bin/tuneline --root audio scratch && exit $$status
+
 serve: install  ## serve the packaged model on 127.0.0.1:3000
 	$(VENV)/bin/tuneline serve
 
 serve-images: install  ## serve the image champion (POST /classify_image) on 127.0.0.1:3000
 	$(VENV)/bin/tuneline --root images serve
+
+serve-audio: install  ## serve the speech champion (POST /classify_audio) on 127.0.0.1:3000
+	$(VENV)/bin/tuneline --root audio serve
 
 schedule: install  ## serve the scheduled retraining (schedule.cron); a local Prefect server on 127.0.0.1:4200 unless PREFECT_API_URL is set
 	$(VENV)/bin/tuneline schedule
