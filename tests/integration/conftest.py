@@ -27,7 +27,9 @@ TINY = {
 }
 PROJECT_FILES = ["components", "flows", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "data/raw/.gitkeep",
                  "images/.dvc/config", "images/.dvc/.gitignore", "images/.dvcignore", "images/params.yaml",
-                 "images/dvc.yaml", "images/components", "images/data/raw/.gitkeep"]
+                 "images/dvc.yaml", "images/components", "images/data/raw/.gitkeep",
+                 "audio/.dvc/config", "audio/.dvc/.gitignore", "audio/.dvcignore", "audio/params.yaml",
+                 "audio/dvc.yaml", "audio/components", "audio/data/raw/.gitkeep"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

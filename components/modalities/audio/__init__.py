@@ -31,7 +31,7 @@ class AudioModality(Modality):
 
     name = "audio"
     item = "clip"
-    items = "clips"
+    items = "audio"  # also the request field and the name a bad item goes by: audio[3]
     column = "audio"
     columns = COLUMNS
     details = ("problem", "seconds", "sample_rate", "channels", "rms_dbfs")
