@@ -4,8 +4,8 @@ the bad ones aside with their report.
 A file is read as prepare reads data.path (CSV/TSV, JSON Lines or Parquet, the modality's column and
 data.label_column) and checked by validate's own Great Expectations suite and duplicate checks, at
 validate.severity's severities. The checks that judge a whole data set (class counts, imbalance, leakage between
-splits) wait for the validate stage. Only a modality that keeps incoming rows (its incoming_columns: texts do) takes
-files; for the others they stay where they are, and the run says so.
+splits) wait for the validate stage. Only a modality that keeps incoming rows (its incoming_columns: texts and audio
+do) takes files; for the others they stay where they are, and the run says so.
 
 - A good file: its rows whose item (by the modality's item_key) is not in the data set yet are written to
   paths.accepted/<UTC time>-<n>-<name>.parquet, where prepare appends them; the file itself moves to
@@ -15,7 +15,8 @@ files; for the others they stay where they are, and the run says so.
   was, and the next file is still taken.
 
 Files whose name starts with "." or ends with .part, .tmp or .partial are left alone: write a file under such a name
-and rename it when complete, so that no run takes half a file.
+and rename it when complete, so that no run takes half a file. Audio comes as a folder with one sub-folder per class
+(the same rule applies to the folder's name); its new clips are copied beside the accepted table, which lists them.
 """
 
 from __future__ import annotations
@@ -83,12 +84,14 @@ class IngestResult:
 
 
 def incoming_files(folder: str | Path) -> list[Path]:
-    """The complete files waiting in `folder`, by name (hidden and in-progress names excluded)."""
+    """The complete files (and folders: a folder per class of audio files) waiting in `folder`, by name; hidden
+    and in-progress names excluded."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     return sorted(path for path in folder.iterdir()
-                  if path.is_file() and not path.name.startswith(".") and not path.name.endswith(IN_PROGRESS))
+                  if (path.is_file() or path.is_dir()) and not path.name.startswith(".")
+                  and not path.name.endswith(IN_PROGRESS))
 
 
 def current_labels(params: Params) -> list[str] | None:
@@ -197,7 +200,8 @@ def ingest(params: Params, now: datetime.datetime | None = None) -> IngestResult
             accepted.mkdir(parents=True, exist_ok=True)
             target = accepted / f"{stamp}-{_safe(Path(path.name).stem)}.parquet"
             partial = target.with_name(f".{target.name}.partial")
-            frame.loc[new, list(modality.incoming_columns)].reset_index(drop=True).to_parquet(partial, index=False)
+            kept = modality.incoming_rows(frame.loc[new], target.with_suffix(""))  # files it points at go beside
+            kept.to_parquet(partial, index=False)
             partial.replace(target)
             keys.update(file_keys[new])
             written = str(target)

@@ -158,6 +158,11 @@ class Modality(ABC):
         keeps them; texts live in the rows."""
         return frame
 
+    def incoming_rows(self, frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
+        """The new rows of an incoming file as the accepted table keeps them (incoming_columns). Files they point at
+        are copied into `folder`, which sits beside that table; their paths are written relative to the table."""
+        return frame[list(self.incoming_columns)].reset_index(drop=True)
+
     def summary(self, frame: pd.DataFrame) -> dict[str, Any]:
         """What prepare's summary.json adds for this modality (e.g. unusable_images)."""
         return {}

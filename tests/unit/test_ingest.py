@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -89,3 +90,33 @@ def test_without_a_labels_list_any_label_is_taken(project: Path) -> None:
     drop(project, "new-class.csv", "text,label\nsomething else entirely,neutral\n")
     result = ingest(params())  # nothing prepared yet and no data.labels: validate's later run decides
     assert result.new_rows == 1 and not result.quarantined
+
+
+def test_a_folder_of_audio_per_class_is_taken_and_prepare_hears_it(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.modalities.audio.augment import wav_bytes
+
+    monkeypatch.chdir(tmp_path)
+
+    def clip(path: Path, hertz: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(wav_bytes(0.2 * np.sin(2 * np.pi * hertz * np.arange(4_000) / 8_000), 8_000))
+
+    for i in range(12):
+        clip(tmp_path / "data/raw/clips/low" / f"{i}.wav", 200 + 7 * i)
+        clip(tmp_path / "data/raw/clips/high" / f"{i}.wav", 1_500 + 7 * i)
+    audio = parse_params({"data": {"modality": "audio", "path": "data/raw/clips"}})
+    prepare(audio.data, modalities.for_params(audio), "data/prepared")
+    clip(tmp_path / "data/incoming/batch-1/low/new.wav", 333.0)
+    clip(tmp_path / "data/incoming/batch-1/high/again.wav", 1_500.0)  # the same samples as high/0.wav
+    (tmp_path / "data/incoming/batch-2.part/low").mkdir(parents=True)  # still being copied: left alone
+
+    result = ingest(audio)
+
+    assert [(t.file, t.rows, t.new_rows, t.duplicates) for t in result.taken] == [("batch-1", 2, 1, 1)]
+    assert incoming_files("data/incoming") == [] and Path("data/incoming/batch-2.part").is_dir()
+    (table,) = sorted(Path("data/raw/accepted").glob("*.parquet"))
+    kept = pd.read_parquet(table)
+    assert kept["label"].tolist() == ["low"] and (table.parent / kept["audio"][0]).is_file()
+    result = prepare(audio.data, modalities.for_params(audio), "data/prepared", "data/raw/accepted")
+    assert sum(result.counts.values()) == 25 and "1 accepted file(s)" in result.source

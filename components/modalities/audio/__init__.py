@@ -4,8 +4,8 @@ compared with logistic regression on log-mel statistics. Its block of params.yam
 pieces live beside it: clips.py (what a file holds), files.py (sources, storing, hearing a clip), builtin.py (the
 built-in data set), whisper.py (the built-in backbone), model.py (model, rows, predictor, baseline), augment.py.
 
-audio/params.yaml runs it on the built-in data set (`make run-audio`). Still to come (issue 18): the service's
-/classify_audio route and audio files taken by scheduled runs.
+audio/params.yaml runs it on the built-in data set (`make run-audio`); the service answers /classify_audio; scheduled
+runs take a folder per class dropped into paths.incoming.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class AudioModality(Modality):
               "audio_too_short": "error", "audio_too_long": "error", "audio_silent": "error",
               "audio_clipped": "error"}
     settings_type = AudioParams
+    incoming_columns = ("audio", "label")  # scheduled runs take a folder per class, copied beside the accepted table
     route = "/classify_audio"
     request_example = '{"audio": ["<base64 file>", ...]}'
     settings: AudioParams
@@ -64,8 +65,13 @@ class AudioModality(Modality):
     def read_table(self, path: Path, columns: tuple[str, str], data: DataParams, name: str) -> Loaded:
         from components.modalities.audio.files import read
 
-        return read(data.model_copy(update={"path": str(path)}),
+        return read(data.model_copy(update={"path": str(path), "label_column": columns[1]}),
                     self.settings.model_copy(update={"column": columns[0]}))
+
+    def incoming_rows(self, frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
+        from components.modalities.audio.files import keep_clips
+
+        return keep_clips(frame, folder)
 
     def item_key(self, frame: pd.DataFrame) -> pd.Series:
         # an unreadable file has no hash of its samples: it is keyed by its name

@@ -94,6 +94,20 @@ def store(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
     return frame.drop(columns=SOURCE_PATH)
 
 
+def keep_clips(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    """Rows of usable clips as an accepted table keeps them: each file copied into `folder` (named by the hash of its
+    samples) and its path written relative to the folder's parent, where the table lies; columns audio and label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    usable = frame[frame["audio"].notna()]  # an unusable clip that a lowered severity let through is not kept
+    for source, audio, label in zip(usable["file"], usable["audio"], usable["label"], strict=True):
+        name = Path(audio).name  # <sha256>.<suffix>, as prepare names it
+        if not (folder / name).exists():
+            (folder / name).write_bytes(Path(source).read_bytes())
+        rows.append({"audio": f"{folder.name}/{name}", "label": label})
+    return pd.DataFrame(rows, columns=["audio", "label"])
+
+
 def load_samples(source: str | Path | bytes, sample_rate: int) -> np.ndarray:
     """A clip (a path or a file's bytes) as mono float32 samples at sample_rate: channels averaged, resampled with
     soxr. Training, evaluate and the service all hear a clip through this function."""
