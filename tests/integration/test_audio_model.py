@@ -78,3 +78,20 @@ def test_the_log_mel_baseline_tells_a_low_tone_from_a_high_one(clips: pd.DataFra
     predicted = audio_model.log_mel_baseline([files[i] for i in train], clips["label"].iloc[train].tolist(),
                                              [files[i] for i in test], 16_000)
     assert predicted == clips["label"].iloc[test].tolist()
+
+
+def test_a_frozen_encoder_s_mean_frame_feeds_the_same_head(clips: pd.DataFrame, settings: AudioParams,
+                                                           tmp_path: Path) -> None:
+    """With the backbone frozen, the head trains on cached mean frames: they must give the model's own logits."""
+    import torch
+
+    built = audio_model.build_audio_model(LABELS, ModelParams(freeze_backbone=True), settings)
+    rows = audio_model.AudioRows(clips, "/", None, built.extra["feature_extractor"], settings.sample_rate,
+                                 settings.clip_seconds)
+    dropout, head = audio_model.cacheable_head(built.model)
+    features, was_cached = audio_model.cached_features(built.model.encoder, rows, 4, "cpu", tmp_path)
+    again, was_cached_again = audio_model.cached_features(built.model.encoder, rows, 4, "cpu", tmp_path)
+    assert (was_cached, was_cached_again) == (False, True) and torch.equal(features, again)
+    built.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(head(dropout(features)), built.model(**{rows.key: rows.inputs}).logits, atol=1e-5)

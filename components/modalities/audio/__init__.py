@@ -150,6 +150,17 @@ class AudioModality(Modality):
 
         return default_data_collator, False  # every clip is cut or padded to audio.clip_seconds
 
+    def head(self, built: Built) -> tuple[Any, Any]:
+        from components.modalities.audio.model import cacheable_head
+
+        return cacheable_head(built.model)
+
+    def features(self, built: Built, dataset: Any, batch_size: int, device: str,
+                 cache_dir: Path | None) -> tuple[Any, bool]:
+        from components.modalities.audio.model import cached_features
+
+        return cached_features(built.model.encoder, dataset, batch_size, device, cache_dir)
+
     def inputs(self, frame: pd.DataFrame, folder: Path) -> list[Any]:
         return [str(Path(folder) / audio) for audio in frame["audio"]]
 

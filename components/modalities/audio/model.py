@@ -213,6 +213,51 @@ class AudioPredictor:
         return to_predictions(self.predict_proba(items, batch_size), self.labels)
 
 
+def cacheable_head(model: Any) -> tuple[Any, Any]:
+    """(dropout, head) of a Whisper classifier fed by the mean of its encoder's frames: the projector and the
+    classifier (the projector is linear, so projecting the mean is the mean of the projections that Whisper's own
+    forward takes). Other audio checkpoints' heads train through the frozen model."""
+    import torch.nn as nn
+
+    from components.features import NotCacheable
+
+    if not (hasattr(model, "encoder") and hasattr(model, "projector")) or model.config.use_weighted_layer_sum:
+        raise NotCacheable("only a Whisper encoder's head trains on cached features; this one trains through the "
+                           "frozen model")
+    return nn.Identity(), nn.Sequential(model.projector, model.classifier)
+
+
+def cached_features(encoder: Any, rows: AudioRows, batch_size: int, device: str,
+                    cache_dir: str | Path | None) -> tuple[Any, bool]:
+    """The frozen encoder's mean frame for every clip of `rows` (in order, float32 on the CPU), read from cache_dir
+    when this encoder and these clips were seen before; (features, was_cached). The key hashes the encoder's
+    weights, the input shape and each clip's hash of samples."""
+    import hashlib
+
+    import torch
+
+    from components.features import add_weights, entry, read_or_compute
+
+    digest = hashlib.sha256(b"audio")
+    add_weights(digest, encoder)
+    digest.update(str(tuple(rows.inputs.shape) if rows.inputs is not None else ()).encode())
+    for key in rows.keys:
+        digest.update(str(key).encode() + b"|")
+
+    def compute() -> Any:
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            with torch.no_grad():
+                chunks = [encoder(rows.inputs[start:start + batch_size].to(device)).last_hidden_state.mean(dim=1)
+                          .float().cpu() for start in range(0, len(rows), batch_size)]
+        finally:
+            encoder.train(was_training)
+        return torch.cat(chunks) if chunks else torch.zeros((0, 0))
+
+    return read_or_compute(entry(cache_dir, digest), len(rows), compute)
+
+
 def log_mel_statistics(samples: np.ndarray, sample_rate: int, bands: int = 40) -> np.ndarray:
     """A clip's log-mel energies (25 ms windows, 10 ms hop) summarised over time: mean and standard deviation of
     each band, the baseline's features."""
