@@ -51,6 +51,16 @@ def test_whisper_is_cut_to_the_clip_and_frozen_as_asked(settings: AudioParams) -
     assert not any(p.requires_grad for p in probe.encoder.parameters()) and probe.classifier.weight.requires_grad
 
 
+def test_the_same_network_from_random_weights_for_tuneline_scratch(settings: AudioParams) -> None:
+    import torch
+
+    trained = audio_model.build_audio_model(LABELS, ModelParams(), settings).model
+    scratch = audio_model.build_audio_model(LABELS, ModelParams(pretrained=False), settings)
+    assert scratch.meta["base_model"].endswith("random weights")
+    assert scratch.model.config.max_source_positions == 50  # cut to the clip as the pretrained one is
+    assert not torch.equal(scratch.model.encoder.layers[0].fc1.weight, trained.encoder.layers[0].fc1.weight)
+
+
 def test_a_saved_model_predicts_what_it_computed(clips: pd.DataFrame, settings: AudioParams, tmp_path: Path) -> None:
     import torch
 
