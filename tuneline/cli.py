@@ -57,7 +57,8 @@ def _serve_command(here: Path) -> str:
     """How to serve the champion of the pipeline in `here` (relative to the working directory)."""
     if here == Path("."):
         return "make serve"
-    return "make serve-images" if here == Path("images") else f".venv/bin/tuneline --root {here} serve"
+    shipped = {Path("images"): "make serve-images", Path("audio"): "make serve-audio"}
+    return shipped.get(here, f".venv/bin/tuneline --root {here} serve")
 
 
 def _scratch(args: argparse.Namespace) -> int:
@@ -69,7 +70,10 @@ def _scratch(args: argparse.Namespace) -> int:
     result = compare_with_scratch(params)
     pretrained, scratch, difference = result["pretrained"], result["scratch"], result["difference"]
     tried = ", ".join(f"{t['learning_rate']:g} (val {t['val_macro_f1']:.4f})" for t in result["learning_rates_tried"])
-    print(f"\n== Pretrained vs random weights, {result['test_rows']} test images ==")
+    from components import modalities
+
+    items = modalities.for_params(params).items
+    print(f"\n== Pretrained vs random weights, {result['test_rows']} test {items} ==")
     print(f"test macro-F1:        pretrained {pretrained['test_macro_f1']:.4f}   "
           f"random weights {scratch['test_macro_f1']:.4f}")
     print(f"test accuracy:        pretrained {pretrained['test_accuracy']:.4f}   "
