@@ -105,3 +105,15 @@ def test_a_frozen_encoder_s_mean_frame_feeds_the_same_head(clips: pd.DataFrame, 
     built.model.eval()
     with torch.no_grad():
         assert torch.allclose(head(dropout(features)), built.model(**{rows.key: rows.inputs}).logits, atol=1e-5)
+
+
+def test_gradual_unfreezing_thaws_whisper_from_the_top(settings: AudioParams) -> None:
+    built = audio_model.build_audio_model(LABELS, ModelParams(gradual_unfreeze=1, freeze_layers=1), settings)
+    plan = built.thaw
+    encoder = built.model.encoder
+    # layers 3, 2, 1 (layer 0 stays frozen by freeze_layers), then the two convolutions
+    assert len(plan.groups) == 4 and plan.groups[0][0] is next(encoder.layers[3].parameters())
+    plan.apply(1, built.model)
+    assert all(p.requires_grad for p in encoder.layers[3].parameters())
+    assert not any(p.requires_grad for p in encoder.layers[2].parameters())
+    assert built.model.classifier.weight.requires_grad

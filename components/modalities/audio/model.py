@@ -130,11 +130,38 @@ def build_audio_model(labels: list[str], params: ModelParams, settings: AudioPar
         model.save_pretrained(str(folder))
         extractor.save_pretrained(str(folder))
 
+    thaw = audio_thaw_plan(model, params) if params.gradual_unfreeze else None
+
     base = name if params.pretrained else f"{name}, random weights"
     meta = {"architecture": "transformers", "base_model": base, "sample_rate": settings.sample_rate,
             "clip_seconds": settings.clip_seconds}
-    return Built(model=model, meta=meta, save=save, source=source, unit="seconds",
+    return Built(model=model, meta=meta, save=save, source=source, unit="seconds", thaw=thaw,
                  extra={"feature_extractor": extractor})
+
+
+def audio_thaw_plan(model: Any, params: ModelParams) -> Any:
+    """Gradual unfreezing for an audio model: the head first, then the encoder's layers from the top down, its
+    convolutional feature encoder last (layers frozen by freeze_layers, and the convolutions with
+    freeze_embeddings, stay frozen)."""
+    import torch.nn as nn
+
+    from components.engine import ThawPlan
+
+    base = encoder_of(model)
+    if hasattr(base, "conv1"):  # Whisper
+        return ThawPlan(list(base.layers), nn.ModuleList([base.conv1, base.conv2]), params)
+    return ThawPlan.for_base_model(base, params, embeddings=False) if getattr(base, "feature_extractor", None) is None \
+        else ThawPlan(_layers(base), base.feature_extractor, params)
+
+
+def _layers(base: Any) -> list[Any]:
+    """The base model's layers, bottom first, or the error gradual_unfreeze gets without them."""
+    from components.model import layer_list, no_layer_list
+
+    layers = layer_list(base)
+    if layers is None:
+        raise no_layer_list(base, "gradual_unfreeze")
+    return list(layers)
 
 
 def clip_inputs(samples: list[np.ndarray], extractor: Any, sample_rate: int, seconds: float) -> dict[str, Any]:
