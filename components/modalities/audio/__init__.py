@@ -74,10 +74,9 @@ class AudioModality(Modality):
         return keep_clips(frame, folder)
 
     def item_key(self, frame: pd.DataFrame) -> pd.Series:
-        # an unreadable file has no hash of its samples: it is keyed by its name
-        hashes = frame["sha256"] if "sha256" in frame else pd.Series(None, index=frame.index, dtype=object)
-        files = frame["file"] if "file" in frame else frame["source_row"].astype(str)
-        return hashes.where(hashes.notna(), "unreadable " + files.astype(str))
+        from components.modalities.folders import content_key
+
+        return content_key(frame)  # the hash of the decoded samples
 
     def split_key(self, frame: pd.DataFrame) -> pd.Series:
         from components.modalities.audio.files import GROUP
@@ -178,18 +177,11 @@ class AudioModality(Modality):
 
     def decode_request(self, item: Any) -> Any:
         """A base64 audio file decoded and checked as training checked its clips: readable, within audio.* limits."""
-        import base64
-        import binascii
-
         from components.modalities.audio.clips import inspect_audio, limit_problem
+        from components.modalities.folders import decode_base64
 
-        try:
-            data = base64.b64decode(item, validate=True)
-        except (binascii.Error, ValueError, TypeError):
-            raise ValueError("is not base64 (standard alphabet, with padding); encode the file's bytes") from None
         limits = self.settings
-        if len(data) > limits.max_file_bytes:
-            raise ValueError(f"is {len(data):,} bytes, over audio.max_file_bytes ({limits.max_file_bytes:,})")
+        data = decode_base64(item, limits.max_file_bytes, "audio.max_file_bytes")
         info = inspect_audio(data, "", limits)
         problem = info.problem or limit_problem(info, limits)
         if problem is not None:

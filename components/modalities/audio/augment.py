@@ -6,7 +6,6 @@ original's label, source_row, file and group, and a copy equal to a val or test 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from components.copies import pick_sources
+from components.modalities.folders import link_files
 from components.modalities.audio.clips import inspect_audio
 from components.modalities.audio.files import AUDIO_DIR, load_samples
 from components.modalities.audio.settings import AudioAugmentParams
@@ -60,11 +60,7 @@ def augment(train: pd.DataFrame, held_out: set[str], wanted: Mapping[str, int], 
     chain = pipeline(params)
     copies = []
     (out_dir / AUDIO_DIR).mkdir()
-    for audio in train["audio"].dropna().unique():
-        try:  # a hard link where the file system allows it: the same bytes, no second copy
-            os.link(prepared_dir / audio, out_dir / audio)
-        except OSError:
-            (out_dir / audio).write_bytes((prepared_dir / audio).read_bytes())
+    link_files(train["audio"].dropna().unique(), prepared_dir, out_dir)
     for label in sorted(wanted):
         rows = train[train["label"] == label].reset_index(drop=True)
         for position in pick_sources(len(rows), wanted[label], rng):

@@ -24,13 +24,12 @@ from components.modalities import Loaded
 from components.modalities.audio.builtin import LANGUAGES, VERSION, clips
 from components.modalities.audio.clips import AudioInfo, inspect_audio
 from components.modalities.audio.settings import AudioParams
-from components.modalities.folders import class_folders
+from components.modalities.folders import SOURCE_PATH, class_folders, store_files
 from components.stage import StageError
 from components.tables import label_string, read_source
 
 AUDIO_DIR = "audio"  # inside the prepared folder: each usable clip once, named by the hash of its samples
 SUFFIXES = {"WAV": ".wav", "WAVEX": ".wav", "FLAC": ".flac", "OGG": ".ogg", "MP3": ".mp3"}
-SOURCE_PATH = "source_path"  # where a row's file is while prepare runs (dropped from the splits)
 GROUP = "group"  # rows sharing a group share a split (the built-in set's prompt name); null for other sources
 COLUMN_KEYS = ("audio.column", "data.label_column")  # the params keys that name a table's two columns
 
@@ -87,11 +86,7 @@ def read(data: DataParams, settings: AudioParams) -> Loaded:
 
 def store(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
     """Copy each usable clip of a split into folder/audio (once, by content hash); the rows without SOURCE_PATH."""
-    for audio, source in zip(frame["audio"], frame[SOURCE_PATH], strict=True):
-        if isinstance(audio, str) and not (folder / audio).exists():
-            (folder / audio).parent.mkdir(parents=True, exist_ok=True)
-            (folder / audio).write_bytes(Path(source).read_bytes())
-    return frame.drop(columns=SOURCE_PATH)
+    return store_files(frame, folder, "audio")
 
 
 def keep_clips(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:

@@ -86,17 +86,27 @@ def encoder_of(model: Any) -> Any:
     return model.encoder if hasattr(model, "encoder") and hasattr(model.encoder, "conv1") else model.base_model
 
 
+def convolutions(base: Any) -> Any | None:
+    """The convolutional feature encoder in front of an audio encoder's layers (what freeze_embeddings freezes and
+    gradual unfreezing thaws last): Whisper's conv1 and conv2, Wav2Vec2's feature_extractor; None without one."""
+    import torch.nn as nn
+
+    if hasattr(base, "conv1"):
+        return nn.ModuleList([base.conv1, base.conv2])
+    return getattr(base, "feature_extractor", None)
+
+
 def freeze_audio(model: Any, params: ModelParams) -> tuple[int, int]:
     """model.freeze_backbone (the head only), freeze_embeddings (the convolutional feature encoder: Whisper's two
     convolutions, Wav2Vec2's feature extractor) and freeze_layers N (the bottom N transformer layers)."""
     base = encoder_of(model)
     frozen = list(base.parameters()) if params.freeze_backbone else []
     if params.freeze_embeddings:
-        stem = [base.conv1, base.conv2] if hasattr(base, "conv1") else [getattr(base, "feature_extractor", None)]
-        if stem[0] is None:
+        stem = convolutions(base)
+        if stem is None:
             raise StageError(f"model.freeze_embeddings is set, but {type(base).__name__} has no convolutional "
                              "feature encoder where Tuneline looks (conv1/conv2, feature_extractor)")
-        frozen += [p for module in stem for p in module.parameters()]
+        frozen += list(stem.parameters())
     if params.freeze_layers:
         frozen += [p for layer in bottom_layers(base, params.freeze_layers) for p in layer.parameters()]
     for parameter in frozen:
@@ -143,25 +153,14 @@ def audio_thaw_plan(model: Any, params: ModelParams) -> Any:
     """Gradual unfreezing for an audio model: the head first, then the encoder's layers from the top down, its
     convolutional feature encoder last (layers frozen by freeze_layers, and the convolutions with
     freeze_embeddings, stay frozen)."""
-    import torch.nn as nn
-
     from components.engine import ThawPlan
-
-    base = encoder_of(model)
-    if hasattr(base, "conv1"):  # Whisper
-        return ThawPlan(list(base.layers), nn.ModuleList([base.conv1, base.conv2]), params)
-    return ThawPlan.for_base_model(base, params, embeddings=False) if getattr(base, "feature_extractor", None) is None \
-        else ThawPlan(_layers(base), base.feature_extractor, params)
-
-
-def _layers(base: Any) -> list[Any]:
-    """The base model's layers, bottom first, or the error gradual_unfreeze gets without them."""
     from components.model import layer_list, no_layer_list
 
+    base = encoder_of(model)
     layers = layer_list(base)
     if layers is None:
         raise no_layer_list(base, "gradual_unfreeze")
-    return list(layers)
+    return ThawPlan(list(layers), convolutions(base), params)
 
 
 def clip_inputs(samples: list[np.ndarray], extractor: Any, sample_rate: int, seconds: float) -> dict[str, Any]:

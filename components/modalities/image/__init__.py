@@ -61,10 +61,9 @@ class ImageModality(Modality):
                     self.settings.model_copy(update={"column": columns[0]}), path.parent)
 
     def item_key(self, frame: pd.DataFrame) -> pd.Series:
-        # an unreadable file has no content hash: it is keyed by its name
-        hashes = frame["sha256"] if "sha256" in frame else pd.Series(None, index=frame.index, dtype=object)
-        files = frame["file"] if "file" in frame else frame["source_row"].astype(str)
-        return hashes.where(hashes.notna(), "unreadable " + files.astype(str))
+        from components.modalities.folders import content_key
+
+        return content_key(frame)
 
     def store(self, frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
         from components.modalities.image.files import store
@@ -151,18 +150,11 @@ class ImageModality(Modality):
 
     def decode_request(self, item: Any) -> Any:
         """A base64 image decoded and checked as training checked its images: readable, within image.* limits."""
-        import base64
-        import binascii
-
+        from components.modalities.folders import decode_base64
         from components.modalities.image.files import inspect_image, limit_problem
 
-        try:
-            data = base64.b64decode(item, validate=True)
-        except (binascii.Error, ValueError, TypeError):
-            raise ValueError("is not base64 (standard alphabet, with padding); encode the file's bytes") from None
         limits = self.settings
-        if len(data) > limits.max_file_bytes:
-            raise ValueError(f"is {len(data):,} bytes, over image.max_file_bytes ({limits.max_file_bytes:,})")
+        data = decode_base64(item, limits.max_file_bytes, "image.max_file_bytes")
         info = inspect_image(data, max_pixels=limits.max_pixels)
         problem = info.problem or limit_problem(info, limits)
         if problem is not None:

@@ -4,7 +4,6 @@ keeps its original's label, source_row and file, and a copy identical to a val o
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from components.copies import pick_sources
+from components.modalities.folders import link_files
 from components.modalities.image.files import IMAGES_DIR, inspect_image, load_rgb, png_bytes
 from components.modalities.image.settings import ImageAugmentParams
 
@@ -44,11 +44,7 @@ def augment(train: pd.DataFrame, held_out: set[str], wanted: Mapping[str, int], 
     torch.manual_seed(seed)
     copies = []
     (out_dir / IMAGES_DIR).mkdir()
-    for image in train["image"].dropna().unique():
-        try:  # a hard link where the file system allows it: the same bytes, no second copy
-            os.link(prepared_dir / image, out_dir / image)
-        except OSError:
-            (out_dir / image).write_bytes((prepared_dir / image).read_bytes())
+    link_files(train["image"].dropna().unique(), prepared_dir, out_dir)
     for label in sorted(wanted):
         rows = train[train["label"] == label].reset_index(drop=True)
         for position in pick_sources(len(rows), wanted[label], rng):

@@ -24,7 +24,7 @@ import pandas as pd
 
 from components.config import DataParams
 from components.modalities import Loaded
-from components.modalities.folders import class_folders
+from components.modalities.folders import SOURCE_PATH, class_folders, store_files
 from components.modalities.image.settings import ImageParams
 from components.stage import StageError
 from components.tables import label_string, read_source
@@ -126,7 +126,6 @@ def write_digits(out_dir: str | Path) -> list[tuple[Path, str]]:
 
 IMAGES_DIR = "images"  # inside the prepared folder: each usable image once, named by its content hash
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp", "TIFF": ".tif"}
-SOURCE_PATH = "source_path"  # where a row's file is while prepare runs (dropped from the splits)
 COLUMN_KEYS = ("image.column", "data.label_column")  # the params keys that name a table's two columns
 
 
@@ -175,11 +174,7 @@ def read(data: DataParams, settings: ImageParams, work: Path) -> Loaded:
 
 def store(frame: pd.DataFrame, folder: Path) -> pd.DataFrame:
     """Copy each usable image of a split into folder/images (once, by content hash); the rows without SOURCE_PATH."""
-    for image, source in zip(frame["image"], frame[SOURCE_PATH], strict=True):
-        if isinstance(image, str) and not (folder / image).exists():
-            (folder / image).parent.mkdir(exist_ok=True)
-            (folder / image).write_bytes(Path(source).read_bytes())
-    return frame.drop(columns=SOURCE_PATH)
+    return store_files(frame, folder, "image")
 
 
 def describe(file: Path, limits: ImageParams) -> ImageInfo:
