@@ -1,7 +1,8 @@
 """The BentoML service that serves the champion classifier from the BentoML model store.
 
 Start it from the project root with `bentoml serve serving.service:TunelineService` (or `make serve`); host, port,
-limits and batching come from the serve block of params.yaml, or of the file TUNELINE_PARAMS names. It serves the
+limits and batching come from the serve block of params.yaml, or of the file TUNELINE_PARAMS names (a Bento that
+`tuneline build` made carries its project's params and model tag as Bento arguments). It serves the
 champion (`tuneline models` shows it; `tuneline promote` / `tuneline rollback` change it); TUNELINE_MODEL_TAG picks
 another stored model. Pre- and post-processing live in components.predict, shared with the evaluate stage.
 
@@ -32,7 +33,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from components import modalities
-from components.config import PARAMS_FILE, load_params
+from components.config import PARAMS_FILE, Params, load_params, parse_params
 from components.predict import ranked_labels
 from components.registry import champion
 from serving import timeout_fix
@@ -48,10 +49,23 @@ CLASSIFY_IMAGE_ROUTE = modalities.get("image").route
 CLASSIFY_AUDIO_ROUTE = modalities.get("audio").route
 MODEL_ROUTE = "/model"
 
+
+
+def _service_params() -> Params:
+    """The params the service runs with: the file TUNELINE_PARAMS names; else, in a Bento `tuneline build` made, the
+    params it recorded (so an image or speech Bento serves with its own modality's settings); else params.yaml beside
+    this code (the project root, or a Bento's src/), whatever the working directory."""
+    if os.environ.get(PARAMS_ENV):
+        return load_params(os.environ[PARAMS_ENV])
+    recorded = getattr(bentoml.use_arguments(), "params", None)
+    if recorded is not None:
+        return parse_params(recorded, source="the params recorded in this Bento by `tuneline build`")
+    return load_params(Path(__file__).resolve().parents[1] / PARAMS_FILE)
+
+
 # BentoML reads the limits, the request schema and the model reference when the class is defined, so the params load
-# at import. The default path is resolved against this file, not the working directory, so the same params apply
-# under `bentoml serve` from the project root and inside a built Bento (whose src/ holds params.yaml).
-_params = load_params(os.environ.get(PARAMS_ENV) or Path(__file__).resolve().parents[1] / PARAMS_FILE)
+# at import.
+_params = _service_params()
 _serve = _params.serve
 
 
@@ -339,8 +353,10 @@ class TunelineService:
     """Classifies texts with the model the pipeline's package stage put in the BentoML model store."""
 
     # At class scope, so that `bentoml build` records the model and carries it into the Bento: the champion (the
-    # registry's pointer), unless TUNELINE_MODEL_TAG names another; the newest stored one if none was promoted.
-    model = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV) or champion(_params.package.model_name)
+    # registry's pointer), unless TUNELINE_MODEL_TAG or the Bento's recorded `model` argument names another; the
+    # newest stored one if none was promoted.
+    model = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV) or getattr(bentoml.use_arguments(), "model", None)
+                                      or champion(_params.package.model_name)
                                       or f"{_params.package.model_name}:latest")
 
     def __init__(self) -> None:

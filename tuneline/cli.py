@@ -104,6 +104,57 @@ def _serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _build(args: argparse.Namespace) -> int:
+    """`bentoml build` of the champion (or --model), offline, with this project's params recorded in the Bento.
+
+    The Bento records them as Bento arguments (`bentoml build --arg-file`), so it serves with the limits and the
+    modality's settings it was built with, wherever it runs, whichever params.yaml its src/ holds.
+    """
+    import tempfile
+
+    import bentoml
+    import yaml
+
+    from components import registry
+
+    params_path = args.root / "params.yaml"
+    params = load_params(params_path)
+    name = params.package.model_name
+    tag = args.model or registry.champion(name) or f"{name}:latest"
+    try:
+        tag = str(bentoml.models.get(tag).tag)
+    except bentoml.exceptions.NotFound:
+        print(f"tuneline build: no model {tag!r} in the BentoML store at {os.environ['BENTOML_HOME']}; run the "
+              f"pipeline first (`{_run_command(Path(os.path.relpath(args.root)))}`) or give --model a stored tag",
+              file=sys.stderr)
+        return 1
+    code_root = Path(__file__).resolve().parents[1]  # where serving/bentofile.yaml and the code live
+    recorded = {"model": tag, "params": yaml.safe_load(params_path.read_text(encoding="utf-8"))}
+    with tempfile.TemporaryDirectory() as folder:
+        arg_file = Path(folder) / "bento-args.yaml"
+        arg_file.write_text(yaml.safe_dump(recorded, sort_keys=False), encoding="utf-8")
+        command = [str(Path(sys.executable).parent / "bentoml"), "build", "-f", "serving/bentofile.yaml",
+                   "--arg-file", str(arg_file), "--output", "tag", "."]
+        env = os.environ | {"TUNELINE_MODEL_TAG": tag, "TUNELINE_PARAMS": str(params_path)}
+        built = subprocess.run(command, cwd=code_root, env=env, capture_output=True, text=True)
+    if built.returncode != 0:
+        print(built.stdout[-3000:] + built.stderr[-3000:], file=sys.stderr)
+        print(f"tuneline build: `bentoml build` failed for {tag} (its output is above)", file=sys.stderr)
+        return 1
+    bento = next(line.removeprefix("__tag__:") for line in built.stdout.splitlines() if line.startswith("__tag__:"))
+    print(f"built Bento {bento} holding {tag}, with {params_path} recorded (BentoML store: "
+          f"{os.environ['BENTOML_HOME']})\n"
+          f"  serve it from anywhere:  BENTOML_HOME={os.environ['BENTOML_HOME']} bentoml serve {bento}\n"
+          f"  make an image (Docker and the package index at hand):  bentoml containerize {bento}")
+    return 0
+
+
+def _run_command(here: Path) -> str:
+    """How to run the pipeline in `here` (relative to the working directory)."""
+    shipped = {Path("."): "make run", Path("images"): "make run-images", Path("audio"): "make run-audio"}
+    return shipped.get(here, f".venv/bin/tuneline --root {here} run")
+
+
 def _models(args: argparse.Namespace) -> int:
     from components import registry
 
@@ -224,7 +275,7 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: `tuneline run | serve | predict | models | promote | rollback | schedule | scratch`."""
+    """The command line: `tuneline run | serve | build | predict | models | promote | rollback | schedule | scratch`."""
     parser = argparse.ArgumentParser(prog="tuneline", description=__doc__)
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (holds params.yaml, dvc.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -236,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", help="texts, or image files for an image model, to classify (default: "
                          "one per line on stdin)")
     predict.add_argument("--model", help="BentoML model tag (default: the champion)")
+    build = commands.add_parser("build", help="build a Bento of the champion (or --model) offline, recording this "
+                                "project's params in it")
+    build.add_argument("--model", help="BentoML model tag (default: the champion)")
     commands.add_parser("models", help="list the stored models with their test metrics; mark the champion")
     promote = commands.add_parser("promote", help="make a stored model the champion (logged)")
     promote.add_argument("tag", help="its BentoML tag, as `tuneline models` lists it")
@@ -262,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         load_params(args.root / "params.yaml")
-        commands = {"run": _run, "serve": _serve, "predict": _predict, "models": _models, "promote": _promote,
-                    "rollback": _rollback, "schedule": _schedule, "scratch": _scratch}
+        commands = {"run": _run, "serve": _serve, "build": _build, "predict": _predict, "models": _models,
+                    "promote": _promote, "rollback": _rollback, "schedule": _schedule, "scratch": _scratch}
         return commands[args.command](args)
     except ConfigError as exc:
         print(f"tuneline {args.command}: {exc}", file=sys.stderr)

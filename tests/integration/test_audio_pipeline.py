@@ -2,7 +2,7 @@
 components) end to end on a tiny synthetic set (the built-in Debian prompts need apt, which CI may lack): a real
 `dvc repro` in audio/ (prepare, GX validation, audiomentations copies, Whisper-encoder fine-tuning, evaluation,
 packaging), a real `bentoml serve` answering /classify_audio with the evaluate stage's own
-predictions and refusing bad clips with a 400; and a corpus of bad audio files stopping the real stages before
+predictions and refusing bad clips with a 400, from the checkout and from a Bento `tuneline build` made; and a corpus of bad audio files stopping the real stages before
 training, each file named with its problem, the champion untouched. (`tuneline scratch` is modality-blind and runs
 in the image test; the audio network from random weights is built in test_audio_model.py.)"""
 
@@ -135,6 +135,45 @@ def test_served_clips_get_the_evaluate_stages_predictions_and_bad_ones_a_400(aud
         bad = httpx.post(f"{url}/classify_audio", files=[("audio", ("x.wav", b"RIFF....WAVE", "audio/wav"))],
                          timeout=60)
         assert bad.status_code == 400 and "audio[0]" in bad.text, bad.text
+
+
+def test_a_bento_tuneline_build_made_serves_its_model_with_the_audio_params(audio_project: Path, tmp_path: Path,
+                                                                           project_root: Path) -> None:
+    """`tuneline --root audio build` records the speech project's params and model in the Bento: served from another
+    folder with no TUNELINE_PARAMS or TUNELINE_MODEL_TAG, it answers /classify_audio as evaluate did, and applies the
+    audio block it was built with (here mono only), not the text params.yaml its src/ also holds."""
+    import subprocess
+    import sys
+
+    predictions = pd.read_csv(audio_project / "reports/predictions.csv", dtype={"label": str, "predicted": str})
+    tag = json.loads((audio_project / "models/packaged.json").read_text())["tag"]
+    params_file = audio_project / "params.yaml"
+    shipped = params_file.read_text()
+    params_file.write_text(yaml.safe_dump(merge(yaml.safe_load(shipped), {"audio": {"max_channels": 1}})))
+    try:
+        built = subprocess.run([str(Path(sys.executable).parent / "tuneline"), "--root", str(audio_project), "build",
+                                "--model", tag], cwd=tmp_path, capture_output=True, text=True)
+    finally:
+        params_file.write_text(shipped)  # the Bento holds its own copy; the file may change after the build
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    bento = built.stdout.split("built Bento ", 1)[1].split()[0]
+    bare_env = {k: v for k, v in os.environ.items() if k not in ("TUNELINE_MODEL_TAG", "TUNELINE_PARAMS")}
+    with bentoml_serve(tmp_path, bento, bare_env, tmp_path / "bento.log") as url:
+        assert httpx.get(f"{url}/model", timeout=30).json()["tag"] == tag
+        files = [audio_project / clip for clip in predictions["audio"]]
+        answer = httpx.post(f"{url}/classify_audio", json={"audio": [encoded(f.read_bytes()) for f in files]},
+                            timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert [p["label"] for p in answer.json()["predictions"]] == predictions["predicted"].tolist()
+        served = np.array([p["probability"] for p in answer.json()["predictions"]])
+        assert np.abs(served - predictions["probability"].to_numpy()).max() < 1e-4
+        stereo = wav(np.tile(tone(300, 1)[:, None], (1, 2)))
+        response = httpx.post(f"{url}/classify_audio", json={"audio": [encoded(stereo)]}, timeout=60)
+        assert response.status_code == 400 and "2 channels" in response.text, response.text
+
+    missing = subprocess.run([str(Path(sys.executable).parent / "tuneline"), "--root", str(audio_project), "build",
+                              "--model", f"{MODEL_NAME}:nosuchtag"], cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode == 1 and "no model" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def with_data_size(data: bytes, size: int) -> bytes:
