@@ -409,6 +409,21 @@ class ScheduleParams(Block):
         return value
 
 
+class MonitorParams(Block):
+    """Watching the served model (components/monitor.py): what the service logs, and how `tuneline monitor` tests it."""
+
+    log: bool = True  # the service logs each sampled request's rows (BentoML's monitoring API, JSON lines)
+    sample: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0  # share of requests logged
+    log_text: bool = False  # also log the text itself (off: served texts are the users' data)
+    dir: str = "monitoring"  # where the rows go (relative = the server's working directory, the project root)
+    window_hours: Annotated[float | None, Field(gt=0.0)] = 24.0  # served rows compared; null = every logged row
+    min_rows: Annotated[int, Field(ge=1)] = 100  # fewer served rows in the window: no verdict
+    alpha: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01  # family-wise, split over the signals (Bonferroni)
+    min_effect: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1  # KS statistic / total variation distance for drift
+    report: str = "reports/monitor.html"
+    verdict: str = "metrics/monitor.json"
+
+
 class PathsParams(Block):
     """Every file the pipeline writes; dvc.yaml reads the same keys through ${paths.*}."""
 
@@ -449,6 +464,7 @@ class Params(Block):
     package: PackageParams = PackageParams()
     serve: ServeParams = ServeParams()
     schedule: ScheduleParams = ScheduleParams()
+    monitor: MonitorParams = MonitorParams()
     paths: PathsParams = PathsParams()
 
     # The modality blocks are extra keys, each checked by its modality's own model (components/modalities).

@@ -5,13 +5,15 @@ One run of `tuneline-scheduled` (served on schedule.cron by `make schedule`, or 
 1. take_incoming: every complete file in paths.incoming is validated alone (components/ingest.py); the new rows of
    a good one go to paths.accepted and `dvc add` versions them; a bad one goes to paths.quarantine with its report,
    and a notification says so. Nothing else changes for a bad file.
-2. If DVC reports nothing stale (no new rows, same params and code), the run ends here: no stage runs.
-3. Otherwise the pipeline flow runs the stale stages (prepare ... package); the gate decides, package promotes.
-4. push: `dvc push` of every versioned output to the DVC remote (schedule.remote; a local folder by default).
-5. The run record (paths.runs/<run>.json: data version, params, metrics, verdict, model tag, champion, code
-   revision, incoming files) is written, and with schedule.commit it is committed with dvc.lock, the accepted
-   rows' .dvc file and the metrics, and tagged `tuneline-run-<UTC time>`: `git checkout TAG && dvc pull && dvc
-   repro` rebuilds that model.
+2. watch_served: `tuneline monitor` on the champion's served rows of monitor.window_hours (components/monitor.py);
+   its verdict goes into the record, and a drift verdict is a notification. Monitoring never fails the run.
+3. If DVC reports nothing stale (no new rows, same params and code), the run ends here: no stage runs.
+4. Otherwise the pipeline flow runs the stale stages (prepare ... package); the gate decides, package promotes.
+5. push: `dvc push` of every versioned output to the DVC remote (schedule.remote; a local folder by default).
+6. The run record (paths.runs/<run>.json: data version, params, metrics, verdict, model tag, champion, code
+   revision, incoming files, the drift verdict) is written, and with schedule.commit it is committed with dvc.lock,
+   the accepted rows' .dvc file and the metrics, and tagged `tuneline-run-<UTC time>`: `git checkout TAG && dvc
+   pull && dvc repro` rebuilds that model.
 
 I/O tasks retry with exponential backoff (schedule.io_retries, io_retry_delay_s); training never does. A failed run
 notifies through schedule.notify_log and schedule.notify_webhook. The deployment runs one run at a time.
@@ -175,6 +177,27 @@ def record_paths(params: Params) -> list[str]:
 
 
 @task
+def watch_served(params: Params, root: Path) -> dict[str, Any] | None:
+    """The drift verdict on the champion's served rows of the window (None before any champion); an error that stops
+    the comparison (no prepared splits, say) is recorded, not raised: watching never fails the run."""
+    import os
+
+    from components import monitor, registry
+    from components.stage import StageError
+
+    if registry.champion(params.package.model_name) is None:
+        return None
+    try:
+        verdict = monitor.run(monitor.with_log_dir(params, os.environ.get("TUNELINE_MONITOR_DIR")), root)
+    except StageError as exc:
+        get_run_logger().warning("served traffic not checked: %s", exc)
+        return {"error": str(exc)}
+    return {**{key: verdict.get(key) for key in ("model", "drift", "enough_rows", "served_rows", "drifted",
+                                                  "reason")},
+            "report": params.monitor.report, "verdict": params.monitor.verdict}
+
+
+@task
 def commit(params: Params, message: str, tag: str) -> str | None:
     """Commit the run's records (record_paths) and tag the commit; the commit's hash, or None outside git."""
     if _git("rev-parse", "--git-dir").returncode != 0:
@@ -224,8 +247,9 @@ def failure_message(params: Params, failure: StageFailed) -> str:
 
 
 def build_record(params: Params, run: dict[str, Any], intake: dict[str, Any], result: dict[str, Any] | None,
-                 failure: str | None) -> dict[str, Any]:
-    """The run record: what came in, what ran, the data version, params, metrics, verdict, model and code."""
+                 failure: str | None, watched: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run record: what came in, what ran, the data version, params, metrics, verdict, model and code, and the
+    drift verdict on the served traffic."""
     from components import registry
 
     metrics = _read(params.paths.metrics)
@@ -248,6 +272,7 @@ def build_record(params: Params, run: dict[str, Any], intake: dict[str, Any], re
                     "reason": verdict.get("reason")} if verdict else None,
         "model_tag": packaged["tag"] if packaged else None,
         "champion": registry.champion(params.package.model_name),
+        "monitor": watched,
     }
 
 
@@ -265,6 +290,9 @@ def write_record(params: Params, record: dict[str, Any]) -> Path:
     if record["metrics"]:
         lines.append(f"- test macro-F1: {record['metrics']['macro']['f1']:.4f} "
                      f"(baseline {record['metrics']['baseline_macro_f1']:.4f})")
+    if record.get("monitor") and "drift" in record["monitor"]:
+        lines.append(f"- served traffic: **{'DRIFT' if record['monitor']['drift'] else 'no drift'}**: "
+                     f"{record['monitor']['reason']} (report `{record['monitor']['report']}`)")
     for item in record["incoming"]["taken"]:
         lines.append(f"- took `{item['file']}`: {item['rows']} rows, {item['new_rows']} new")
     for item in record["incoming"]["quarantined"]:
@@ -311,6 +339,10 @@ def scheduled_run(root: str = ".") -> dict[str, Any]:
         for item in intake["quarantined"]:
             notify(params, {"event": "quarantined", "file": item["file"], "reason": item["reason"],
                             "moved_to": item["moved_to"], "report": item["report"], "project": str(root_path)})
+        watched = watch_served(params, root_path)
+        if watched and watched.get("drift"):
+            notify(params, {"event": "drift", "model": watched["model"], "reason": watched["reason"],
+                            "report": watched["report"], "project": str(root_path)})
         stale = stale_stages()
         result, failure = None, None
         if stale:
@@ -325,7 +357,7 @@ def scheduled_run(root: str = ".") -> dict[str, Any]:
         if stale:
             run["remote"] = push.with_options(**io_options)(params)
         run["duration_s"] = round(time.monotonic() - clock, 1)
-        record = build_record(params, run, intake, result, failure)
+        record = build_record(params, run, intake, result, failure, watched)
         if stale and params.schedule.commit:
             record["git_tag"] = f"{TAG_PREFIX}{stamp}"
         path = write_record(params, record)

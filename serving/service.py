@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import gc
 import hmac
+import logging
 import os
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +36,7 @@ from starlette.responses import JSONResponse
 
 from components import modalities
 from components.config import PARAMS_FILE, Params, load_params, parse_params
+from components.monitor import log_served
 from components.predict import ranked_labels
 from components.registry import champion
 from serving import timeout_fix
@@ -44,6 +47,7 @@ timeout_fix.patch()  # BentoML's request timeout kept every request alive for 60
 MODEL_TAG_ENV = "TUNELINE_MODEL_TAG"
 PARAMS_ENV = "TUNELINE_PARAMS"
 API_KEY_ENV = "TUNELINE_API_KEY"
+MONITOR_DIR_ENV = "TUNELINE_MONITOR_DIR"
 CLASSIFY_ROUTE = modalities.get("text").route  # each modality names the route that takes its items
 CLASSIFY_IMAGE_ROUTE = modalities.get("image").route
 CLASSIFY_AUDIO_ROUTE = modalities.get("audio").route
@@ -67,6 +71,11 @@ def _service_params() -> Params:
 # at import.
 _params = _service_params()
 _serve = _params.serve
+_monitor = _params.monitor
+# Where BentoML's monitoring API writes what the service answers (components/monitor.py); relative to the server's
+# working directory, which `tuneline serve` sets to the project root.
+_monitor_dir = Path(os.environ.get(MONITOR_DIR_ENV) or _monitor.dir).resolve()
+logger = logging.getLogger(__name__)
 
 
 _TEXTS = modalities.get("text")()  # /classify's items, checked as the text modality checks a request's texts
@@ -348,7 +357,8 @@ model_seconds = bentoml.metrics.Histogram(
 
 @bentoml.asgi_app(info_app)
 @bentoml.service(name="tuneline", http={"host": _serve.host, "port": _serve.port},
-                 logging={"access": {"enabled": _serve.access_log}})
+                 logging={"access": {"enabled": _serve.access_log}},
+                 monitoring={"enabled": _monitor.log, "type": "default", "options": {"log_path": str(_monitor_dir)}})
 class TunelineService:
     """Classifies texts with the model the pipeline's package stage put in the BentoML model store."""
 
@@ -464,7 +474,20 @@ class TunelineService:
                 decoded.append(modality.decode_request(item))
             except ValueError as exc:
                 raise BadInput(f"{modality.items}[{index}] {exc}") from None
-        return self._answer(await self._probabilities(decoded), top_k)
+        probabilities = await self._probabilities(decoded)
+        if _monitor.log and random.random() < _monitor.sample:
+            self._log_served(decoded, probabilities)
+        return self._answer(probabilities, top_k)
+
+    def _log_served(self, items: list[Any], probabilities: np.ndarray) -> None:
+        """This request's rows for `tuneline monitor`: label, probability and the modality's input signals."""
+        try:
+            labels = [self.classifier.labels[i] for i in probabilities.argmax(axis=1)]
+            texts = items if _monitor.log_text and all(isinstance(item, str) for item in items) else None
+            log_served(self.model_tag, items, labels, probabilities.max(axis=1),
+                       self.modality.signals(items, self.classifier), texts)
+        except Exception:  # watching a request never fails it
+            logger.exception("could not log the served rows to %s", _monitor_dir)
 
     def _answer(self, probabilities: np.ndarray, top_k: int | None) -> ClassifyResponse:
         """The response: per row its most likely label and the top_k labels with their probabilities."""

@@ -27,6 +27,8 @@ os.environ.update(
         # The tests' Prefect database and BentoML store live in a temp dir, never in the project or ~.
         "PREFECT_HOME": str(_HOMES / "prefect"),
         "BENTOML_HOME": str(_HOMES / "bentoml"),
+        # What the test servers answer (monitor.dir): not into the checkout they are started from.
+        "TUNELINE_MONITOR_DIR": str(_HOMES / "monitoring"),
     }
 )
 # dvc.yaml's `python -m components.<stage>` must run in the interpreter under test.

@@ -155,6 +155,28 @@ def _run_command(here: Path) -> str:
     return shipped.get(here, f".venv/bin/tuneline --root {here} run")
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    """Compare the champion's served rows of the window with its test predictions and its train and test inputs."""
+    from components import monitor
+
+    if args.hours is not None and args.hours <= 0:
+        print(f"tuneline monitor: --hours must be above 0 (got {args.hours:g}); leave it out for monitor.window_hours",
+              file=sys.stderr)
+        return 2
+    params = monitor.with_log_dir(load_params(args.root / "params.yaml"), os.environ.get("TUNELINE_MONITOR_DIR"))
+    verdict = monitor.run(params, args.root, args.model, args.hours)
+    here = Path(os.path.relpath(args.root))
+    print(f"\n== Served traffic of {verdict['model']}: {'DRIFT' if verdict['drift'] else 'no drift'} ==")
+    print(f"{verdict['served_rows']} served rows since {verdict['window']['since'] or 'the first logged row'} "
+          f"(log: {verdict['window']['log_dir']})")
+    for name, result in verdict["signals"].items():
+        print(f"  {name:<24} {result['test']:<20} p = {result['p_value']:<10.3g} effect {result['effect']:.4f}"
+              f"   {'DRIFT' if result['drift'] else 'ok'}")
+    print(verdict["reason"])
+    print(f"verdict: {here / params.monitor.verdict}   report: {here / params.monitor.report}")
+    return 0
+
+
 def _models(args: argparse.Namespace) -> int:
     from components import registry
 
@@ -275,7 +297,8 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: `tuneline run | serve | build | predict | models | promote | rollback | schedule | scratch`."""
+    """The command line: `tuneline run | serve | build | monitor | predict | models | promote | rollback | schedule |
+    scratch`."""
     parser = argparse.ArgumentParser(prog="tuneline", description=__doc__)
     parser.add_argument("--root", type=Path, default=Path("."), help="project root (holds params.yaml, dvc.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -290,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build a Bento of the champion (or --model) offline, recording this "
                                 "project's params in it")
     build.add_argument("--model", help="BentoML model tag (default: the champion)")
+    watch = commands.add_parser("monitor", help="test the champion's served traffic for drift against its training "
+                                "and test data (HTML report, JSON verdict)")
+    watch.add_argument("--hours", type=float, help="the window: rows served in the last N hours (default: "
+                       "monitor.window_hours)")
+    watch.add_argument("--model", help="BentoML model tag whose rows are compared (default: the champion)")
     commands.add_parser("models", help="list the stored models with their test metrics; mark the champion")
     promote = commands.add_parser("promote", help="make a stored model the champion (logged)")
     promote.add_argument("tag", help="its BentoML tag, as `tuneline models` lists it")
@@ -316,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     try:
         load_params(args.root / "params.yaml")
-        commands = {"run": _run, "serve": _serve, "build": _build, "predict": _predict, "models": _models,
-                    "promote": _promote, "rollback": _rollback, "schedule": _schedule, "scratch": _scratch}
+        commands = {"run": _run, "serve": _serve, "build": _build, "monitor": _monitor, "predict": _predict,
+                    "models": _models, "promote": _promote, "rollback": _rollback, "schedule": _schedule,
+                    "scratch": _scratch}
         return commands[args.command](args)
     except ConfigError as exc:
         print(f"tuneline {args.command}: {exc}", file=sys.stderr)

@@ -263,6 +263,14 @@ class Modality(ABC):
     def warm_up_input(self, predictor: Predictor) -> Any:
         """An input for the server's first forward pass, before it reports ready."""
 
+    def signals(self, items: list[Any], predictor: Predictor) -> dict[str, list[float]]:
+        """Numbers per input that monitoring compares between served and training data (components/monitor.py).
+
+        `items` are what `inputs` gives for a split's rows or `decode_request` for a request's; none by default
+        (the predicted labels and confidences are monitored for every modality).
+        """
+        return {}
+
 
 # name -> the module that defines it (imported when first asked for); `register` adds more.
 BUILTIN = {

@@ -65,7 +65,8 @@ def scheduled(tmp_path_factory: pytest.TempPathFactory, project_root: Path, pref
                                       "io_retry_delay_s": 0.5}})
     assert sh(project, "git", "add", "-A").returncode == 0
     assert sh(project, "git", "commit", "-q", "-m", "scheduled runs to a remote").returncode == 0
-    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(), "BENTOML_HOME": str(work / "bentoml")}
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(), "BENTOML_HOME": str(work / "bentoml"),
+                        "TUNELINE_MONITOR_DIR": str(project / "monitoring")}  # where its server would log
     log_path = work / "schedule.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([str(Path(sys.executable).parent / "tuneline"), "--root", str(project),
@@ -229,6 +230,34 @@ def test_a_run_with_nothing_new_trains_nothing(scheduled) -> None:
     assert snapshot(project, env) == before
     print(f"no-change scheduled run: {record['duration_s']} s inside the flow, "
           f"{(flow_run.end_time - flow_run.start_time).total_seconds():.1f} s from start to end")
+
+
+def test_a_run_records_the_drift_of_the_served_traffic_and_notifies(scheduled, webhook: str) -> None:
+    """Rows as the service logs them (test_monitor.py has a real server write them): texts far longer than any the
+    champion was trained or tested on. The run records the drift verdict and notifies; nothing else changes."""
+    import datetime
+
+    project, env = scheduled
+    before = snapshot(project, env)
+    log = project / "monitoring/tuneline_predictions/data/data.0.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now().isoformat()
+    log.write_text("".join(json.dumps({"model": before["champion"], "length": 3000.0 + i, "unknown_tokens": 0.0,
+                                       "label": "plot", "probability": 0.99, "timestamp": now,
+                                       "request_id": str(i), "trace_id": "0"}) + "\n" for i in range(150)))
+    Hooks.received.clear()
+    try:
+        flow_run = trigger()
+    finally:
+        log.unlink()  # the runs after this one see no traffic
+    assert flow_run.state.is_completed(), flow_run.state
+    record = latest_record(project)
+    assert record["outcome"] == "no change" and record["monitor"]["drift"] is True, record["monitor"]
+    assert record["monitor"]["model"] == before["champion"] and record["monitor"]["served_rows"] == 150
+    assert "length" in record["monitor"]["drifted"]
+    assert [event["event"] for event in Hooks.received] == ["drift"]
+    assert json.loads((project / "metrics/monitor.json").read_text())["drift"] is True
+    assert snapshot(project, env) == before
 
 
 def test_a_failed_run_notifies_the_webhook(scheduled, tmp_path: Path) -> None:
