@@ -233,7 +233,7 @@ def test_a_run_with_nothing_new_trains_nothing(scheduled) -> None:
 
 
 def test_a_run_records_the_drift_of_the_served_traffic_and_notifies(scheduled, webhook: str) -> None:
-    """Rows as the service logs them (test_monitor.py has a real server write them): texts far longer than any the
+    """Rows as the service logs them (test_monitor_served.py has a real server write them): texts far longer than any the
     champion was trained or tested on. The run records the drift verdict and notifies; nothing else changes."""
     import datetime
 
