@@ -19,7 +19,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install speech-data run repro run-images run-audio serve serve-images serve-audio schedule predict test test-unit bench bench-train bench-validate bench-augment bench-fewshot bench-serve clean
+.PHONY: help install speech-data run repro run-images run-audio serve serve-images serve-audio schedule predict test test-unit bench bench-train bench-validate bench-augment bench-fewshot bench-serve bench-soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -83,7 +83,7 @@ test: install  ## run the whole test suite (unit and integration)
 test-unit: install  ## run the unit tests only
 	$(PY) -m pytest -p no:cacheprovider tests/unit
 
-bench: bench-train bench-validate bench-augment bench-fewshot bench-serve  ## run every benchmark (bench/); figures are printed side by side
+bench: bench-train bench-validate bench-augment bench-fewshot bench-serve bench-soak  ## run every benchmark (bench/); figures are printed side by side
 
 bench-train: install  ## training samples/s, tokens/s, peak RSS, MFU: default vs naive padding vs cached linear probe
 	$(PY) -m bench.train_speed
@@ -105,6 +105,9 @@ $(SETFIT_VENV)/.installed: bench/setfit-requirements.txt
 
 bench-fewshot: install $(SETFIT_VENV)/.installed  ## Tuneline against SetFit on the same rows: 8-64 examples per class and all
 	$(PY) -m bench.fewshot
+
+bench-soak: install  ## 100,000 requests at concurrency 32 against the real server: errors, RSS and p99 every 10 s
+	$(PY) -m bench.soak
 
 bench-serve: install  ## served texts/s, p50/p99, cold start, RSS (wrk; batching on/off) against the raw model
 	$(PY) -m bench.serve_speed

@@ -672,6 +672,7 @@ def main() -> None:
         work = Path(folder)
         # A private model store, set before anything imports BentoML; configure_environment keeps it.
         os.environ["BENTOML_HOME"] = str(work / "bentoml")
+        os.environ["TUNELINE_MONITOR_DIR"] = str(work / "monitoring")  # served rows are logged as params say, here
         from components.config import PARAMS_FILE, load_params
         from components.env import configure_environment
 
