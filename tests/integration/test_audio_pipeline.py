@@ -3,7 +3,8 @@ components) end to end on a tiny synthetic set (the built-in Debian prompts need
 `dvc repro` in audio/ (prepare, GX validation, audiomentations copies, Whisper-encoder fine-tuning, evaluation,
 packaging), a real `bentoml serve` answering /classify_audio with the evaluate stage's own
 predictions and refusing bad clips with a 400, from the checkout and from a Bento `tuneline build` made; and a corpus of bad audio files stopping the real stages before
-training, each file named with its problem, the champion untouched. (`tuneline scratch` is modality-blind and runs
+training, each file named with its problem, the champion untouched; and Resemblyzer's speaker encoder through the
+same stages. (`tuneline scratch` is modality-blind and runs
 in the image test; the audio network from random weights is built in test_audio_model.py.)"""
 
 from __future__ import annotations
@@ -174,6 +175,31 @@ def test_a_bento_tuneline_build_made_serves_its_model_with_the_audio_params(audi
     missing = subprocess.run([str(Path(sys.executable).parent / "tuneline"), "--root", str(audio_project), "build",
                               "--model", f"{MODEL_NAME}:nosuchtag"], cwd=tmp_path, capture_output=True, text=True)
     assert missing.returncode == 1 and "no model" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_resemblyzer_trains_through_the_same_stages_and_predicts_as_evaluate_did(
+        tmp_path_factory: pytest.TempPathFactory, project_root: Path) -> None:
+    """model.name_or_path resemblyzer (the speaker encoder, its bottom LSTM layer frozen) through the real stages:
+    the packaged model is Resemblyzer's, and loaded back it gives the evaluate stage's probabilities."""
+    from components.modalities.audio import AudioModality
+
+    audio = audio_folder(tmp_path_factory, project_root, "resemblyzer")
+    params = yaml.safe_load((audio / "params.yaml").read_text())
+    params = merge(params, {"model": {"name_or_path": "resemblyzer", "freeze_embeddings": False, "freeze_layers": 1},
+                            "package": {"model_name": "tuneline-audio-resemblyzer"}})
+    (audio / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = dvc(audio, "repro")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    meta = json.loads((audio / "models/candidate/tuneline.json").read_text())
+    assert meta["architecture"] == "resemblyzer" and meta["base_model"].startswith("Resemblyzer GE2E")
+    trained = json.loads((audio / "metrics/train.json").read_text())
+    assert 0 < trained["trainable_params"] < trained["total_params"]  # the bottom LSTM layer stayed frozen
+    predictions = pd.read_csv(audio / "reports/predictions.csv", dtype={"label": str, "predicted": str})
+    predictor = AudioModality().load_predictor(audio / "models/candidate", "cpu")  # with its temperature
+    again = predictor.predict([str(audio / clip) for clip in predictions["audio"]])
+    assert [p.label for p in again] == predictions["predicted"].tolist()
+    probabilities = np.array([p.probability for p in again])
+    assert np.abs(probabilities - predictions["probability"].to_numpy()).max() < 1e-4
 
 
 def with_data_size(data: bytes, size: int) -> bytes:

