@@ -69,10 +69,13 @@ class Classifier:
         with torch.inference_mode():
             for index in token_batches(lengths, batch_size, max_batch_tokens, forward_tokens):
                 batch = self.tokenizer.pad({key: [values[i] for i in index] for key, values in encoded.items()},
-                                           return_tensors="pt").to(self.device)
-                logits = self.model(**batch).logits.float()
-                out[index] = torch.softmax(logits, dim=-1).cpu().numpy()
+                                           return_tensors="pt")
+                out[index] = torch.softmax(self.logits(batch), dim=-1).cpu().numpy()
         return out
+
+    def logits(self, batch: Any) -> Any:
+        """One padded batch (the tokenizer's tensors, on the CPU) through the network: float logits."""
+        return self.model(**batch.to(self.device)).logits.float()
 
     def predict(self, texts: list[str], batch_size: int = 32) -> list[Prediction]:
         """The top label, its probability and every label's probability, for each text."""

@@ -1,0 +1,115 @@
+"""A faster CPU path for a trained text classifier: the network exported to ONNX and run by ONNX Runtime, in fp32 or
+with int8 dynamic quantisation of its linear layers.
+
+Texts go through exactly what Classifier does (normalise, tokenise, length-sorted batches cut for little padding);
+only the forward pass changes. The export uses torch's dynamo exporter with the batch and sequence dimensions
+dynamic (the TorchScript exporter bakes transformers 5's mask construction into shape-fixed constants:
+bench/inference_paths.py measured its probabilities off by up to 1e-2 at other shapes). bench/README.md has the
+speed figures. Whether an export may serve is decided elsewhere (a parity gate on the test split), never here.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.modalities.text.predict import Classifier
+from components.predict import read_meta
+
+ONNX_FP32 = "model.onnx"
+ONNX_INT8 = "model.int8.onnx"
+INPUTS = ("input_ids", "attention_mask")  # one text per row: BERT's token types are all zero
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported or quantised (the message says which step and why)."""
+
+
+def _logits_module(model: Any) -> Any:
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    return Logits().eval()
+
+
+def export(model_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Write the trained model in model_dir as out_dir/model.onnx (fp32, one self-contained file); what it cost."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from components.modalities.text.model import load
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        model = load(model_dir, read_meta(model_dir)).float().eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        example = dict(tokenizer(["an example", "a slightly longer example text"], padding=True,
+                                 return_tensors="pt"))
+        example = {name: example[name] for name in INPUTS}
+        batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+        torch.onnx.export(_logits_module(model), (), str(out / ONNX_FP32), kwargs=example, dynamo=True,
+                          external_data=False, input_names=list(INPUTS), output_names=["logits"],
+                          dynamic_shapes={name: {0: batch, 1: length} for name in INPUTS}, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - any exporter failure means: serve PyTorch, and say why
+        raise ExportError(f"the ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
+    return {"seconds": round(time.perf_counter() - started, 1),
+            "megabytes": round((out / ONNX_FP32).stat().st_size / 1e6, 1)}
+
+
+def quantize(out_dir: str | Path) -> dict[str, Any]:
+    """out_dir/model.onnx with int8 dynamic quantisation of its weights (activations quantised per batch) as
+    out_dir/model.int8.onnx; what it cost."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(out_dir)
+    started = time.perf_counter()
+    try:
+        quantize_dynamic(str(out / ONNX_FP32), str(out / ONNX_INT8), weight_type=QuantType.QInt8)
+    except Exception as exc:  # noqa: BLE001 - as for export
+        raise ExportError(f"int8 quantisation failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") \
+            from exc
+    return {"seconds": round(time.perf_counter() - started, 1),
+            "megabytes": round((out / ONNX_INT8).stat().st_size / 1e6, 1)}
+
+
+class OnnxClassifier(Classifier):
+    """Classifier with its forward pass run by ONNX Runtime's CPU provider on an exported file."""
+
+    def __init__(self, session: Any, tokenizer: Any, labels: list[str], max_length: int,
+                 truncation: str = "head") -> None:
+        super().__init__(None, tokenizer, labels, max_length, "cpu", truncation)
+        self.session = session
+
+    @classmethod
+    def load_onnx(cls, model_dir: str | Path, onnx_file: str | Path, threads: int = 0) -> OnnxClassifier:
+        """The tokenizer and labels of model_dir with the network of onnx_file (threads 0: ONNX Runtime's
+        default, one per core)."""
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        meta = read_meta(model_dir)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        return cls(session, AutoTokenizer.from_pretrained(str(model_dir)), list(meta["labels"]),
+                   int(meta["max_length"]), meta.get("truncation", "head"))
+
+    def logits(self, batch: Any) -> Any:
+        import torch
+
+        feeds = {name: batch[name].numpy().astype(np.int64) for name in INPUTS}
+        return torch.from_numpy(self.session.run(["logits"], feeds)[0]).float()
