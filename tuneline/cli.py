@@ -130,12 +130,29 @@ def _build(args: argparse.Namespace) -> int:
         return 1
     code_root = Path(__file__).resolve().parents[1]  # where serving/bentofile.yaml and the code live
     recorded = {"model": tag, "params": yaml.safe_load(params_path.read_text(encoding="utf-8"))}
+    env = os.environ | {"TUNELINE_MODEL_TAG": tag, "TUNELINE_PARAMS": str(params_path)}
+    # What serving this model imports beyond the bentofile's packages (an image or speech model's readers), pinned
+    # as installed here, so that `bentoml containerize` installs them: asked of a fresh interpreter (serving/
+    # requirements.py), since this one has imported the whole CLI.
+    probe = subprocess.run([sys.executable, "-m", "serving.requirements", tag], cwd=code_root, env=env,
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        print(probe.stderr[-3000:], file=sys.stderr)
+        print(f"tuneline build: loading {tag} to list what serving it imports failed (its output is above)",
+              file=sys.stderr)
+        return 1
+    from serving.requirements import extra_packages
+
+    bentofile = yaml.safe_load((code_root / "serving/bentofile.yaml").read_text(encoding="utf-8"))
+    extra = extra_packages(json.loads(probe.stdout.strip().splitlines()[-1]), bentofile["python"]["packages"])
+    bentofile["python"]["packages"] += extra
     with tempfile.TemporaryDirectory() as folder:
         arg_file = Path(folder) / "bento-args.yaml"
         arg_file.write_text(yaml.safe_dump(recorded, sort_keys=False), encoding="utf-8")
-        command = [str(Path(sys.executable).parent / "bentoml"), "build", "-f", "serving/bentofile.yaml",
+        bentofile_path = Path(folder) / "bentofile.yaml"
+        bentofile_path.write_text(yaml.safe_dump(bentofile, sort_keys=False), encoding="utf-8")
+        command = [str(Path(sys.executable).parent / "bentoml"), "build", "-f", str(bentofile_path),
                    "--arg-file", str(arg_file), "--output", "tag", "."]
-        env = os.environ | {"TUNELINE_MODEL_TAG": tag, "TUNELINE_PARAMS": str(params_path)}
         built = subprocess.run(command, cwd=code_root, env=env, capture_output=True, text=True)
     if built.returncode != 0:
         print(built.stdout[-3000:] + built.stderr[-3000:], file=sys.stderr)
@@ -144,6 +161,7 @@ def _build(args: argparse.Namespace) -> int:
     bento = next(line.removeprefix("__tag__:") for line in built.stdout.splitlines() if line.startswith("__tag__:"))
     print(f"built Bento {bento} holding {tag}, with {params_path} recorded (BentoML store: "
           f"{os.environ['BENTOML_HOME']})\n"
+          f"  packages beyond serving/bentofile.yaml's, for what serving it imports: {', '.join(extra) or 'none'}\n"
           f"  serve it from anywhere:  BENTOML_HOME={os.environ['BENTOML_HOME']} bentoml serve {bento}\n"
           f"  make an image (Docker and the package index at hand):  bentoml containerize {bento}")
     return 0

@@ -158,6 +158,11 @@ def test_a_bento_tuneline_build_made_serves_its_model_with_the_audio_params(audi
         params_file.write_text(shipped)  # the Bento holds its own copy; the file may change after the build
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     bento = built.stdout.split("built Bento ", 1)[1].split()[0]
+    # what reading and resampling clips imports, pinned in the Bento beyond serving/bentofile.yaml's text packages
+    import bentoml
+
+    requirements = (Path(bentoml.bentos.get(bento).path) / "env/python/requirements.txt").read_text()
+    assert "\nsoundfile==" in requirements and "\nsoxr==" in requirements, requirements
     bare_env = {k: v for k, v in os.environ.items() if k not in ("TUNELINE_MODEL_TAG", "TUNELINE_PARAMS")}
     with bentoml_serve(tmp_path, bento, bare_env, tmp_path / "bento.log") as url:
         assert httpx.get(f"{url}/model", timeout=30).json()["tag"] == tag
