@@ -62,6 +62,7 @@ SERVICE = "serving.service:TunelineService"
 LABELS = ["fresh", "plot", "rotten"]  # the built-in corpus's labels, for the untrained head
 
 TARGET_SERVED_OVER_RAW = 0.60
+TARGET_FAST_OVER_RAW = 1.0  # served with the faster runtime the package stage kept / the raw PyTorch loop
 TARGET_BATCHING_GAIN = 1.0
 TARGET_BATCHING_GAIN_GPU = 3.0
 TARGET_LATENCY_OVER_RAW = 2.0
@@ -127,6 +128,7 @@ class ServerRun:
     batching: bool
     cold_start_s: float
     peak_rss_bytes: int
+    runtime: str = "pytorch"  # what /model said runs the network
     points: dict[int, WrkResult] = field(default_factory=dict)
     times: dict[int | str, ServerTimes] = field(default_factory=dict)
     lone: WrkResult | None = None
@@ -363,15 +365,15 @@ def measure_raw(model_dir: Path, texts: list[str], seconds: float,
     ), time_probe
 
 
-def params_copy(folder: Path, batching: bool) -> Path:
-    """A copy of the project's params.yaml with serve.batching set, for TUNELINE_PARAMS."""
+def params_copy(folder: Path, batching: bool, runtime: str = "auto") -> Path:
+    """A copy of the project's params.yaml with serve.batching and serve.runtime set, for TUNELINE_PARAMS."""
     import yaml
 
     from components.config import PARAMS_FILE
 
     raw = yaml.safe_load((PROJECT_ROOT / PARAMS_FILE).read_text(encoding="utf-8"))
-    raw.setdefault("serve", {})["batching"] = batching
-    path = folder / f"params-batching-{'on' if batching else 'off'}.yaml"
+    raw.setdefault("serve", {}).update(batching=batching, runtime=runtime)
+    path = folder / f"params-batching-{'on' if batching else 'off'}-{runtime}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
 
@@ -504,16 +506,20 @@ def scrape(url: str) -> dict[str, tuple[float, float]]:
 
 def serve_and_load(batching: bool, tag: str, texts: list[str], wrk: str, script: Path, lone_script: Path,
                    work: Path, concurrencies: list[int], duration: int, warmup: int, server_warmup: float,
-                   time_probe: Callable[[int], list[float]], probe_calls: int) -> ServerRun:
-    """Start a server with batching on or off, warm it up, load it at each concurrency, then with the lone client,
-    timing `probe_calls` raw forwards of the probe around it (the server idle meanwhile); always stop it."""
+                   time_probe: Callable[[int], list[float]], probe_calls: int, runtime: str = "auto") -> ServerRun:
+    """Start a server with batching on or off (serve.runtime `runtime`), warm it up, load it at each concurrency,
+    then with the lone client, timing `probe_calls` raw forwards of the probe around it (the server idle
+    meanwhile); always stop it."""
+    import httpx
+
     state = "on" if batching else "off"
-    print(f"--- bentoml serve, adaptive batching {state}", flush=True)
-    log_path = work / f"serve-batching-{state}.log"
-    process, url, cold_start = start_server(tag, params_copy(work, batching), log_path)
+    print(f"--- bentoml serve, adaptive batching {state}, serve.runtime {runtime}", flush=True)
+    log_path = work / f"serve-batching-{state}-{runtime}.log"
+    process, url, cold_start = start_server(tag, params_copy(work, batching, runtime), log_path)
     points, times, lone, lone_raw = {}, {}, None, []
     try:
-        print(f"    ready in {cold_start:.1f} s", flush=True)
+        served_by = httpx.get(f"{url}/model", timeout=30).json().get("runtime", "pytorch")
+        print(f"    ready in {cold_start:.1f} s, the network run by {served_by}", flush=True)
         with RssSampler(process.pid) as rss:
             # BentoML's adaptive batcher spends its first seconds learning its dispatch times from batches of 1, 2
             # and 3 and then refits every 5 s; a few requests of that phase take 10x longer. Run it in first, at
@@ -544,7 +550,7 @@ def serve_and_load(batching: bool, tag: str, texts: list[str], wrk: str, script:
     finally:
         stop_server(process)
     return ServerRun(batching=batching, cold_start_s=cold_start, peak_rss_bytes=rss.peak, points=points,
-                     times=times, lone=lone, lone_raw=lone_raw)
+                     times=times, lone=lone, lone_raw=lone_raw, runtime=served_by)
 
 
 def _ms(seconds: float | None) -> str:
@@ -567,14 +573,14 @@ def report(raw: RawFigures, runs: list[ServerRun], setup: list[str]) -> str:
              "",
              "served: bentoml serve on 127.0.0.1, ONE text per request (texts/s = 2xx responses/s); 'lone' is one",
              "client sending the probe text alone; queue, model and server: the server's mean ms per request",
-             f"{'batching':<10}{'conc':>5}{'req/s':>9}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
+             f"{'batching':<20}{'conc':>5}{'req/s':>9}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
              f"{'sock err':>9}{'queue':>8}{'model':>8}{'server':>8}"]
     for run in runs:
         for point_name, point in [*run.points.items(), (LONE, run.lone)]:
             if point is None:
                 continue
             took = run.times.get(point_name, ServerTimes(None, None, None))
-            lines.append(f"{'on' if run.batching else 'off':<10}{point_name:>5}{point.requests_per_s:>9.1f}"
+            lines.append(f"{_name(run):<20}{point_name:>5}{point.requests_per_s:>9.1f}"
                          f"{point.ok_per_s:>9.1f}{_ms(point.p50):>9}{_ms(point.p99):>9}{point.non_2xx:>9}"
                          f"{sum(point.socket_errors.values()):>9}{_ms(took.queue):>8}{_ms(took.model):>8}"
                          f"{_ms(took.request):>8}")
@@ -584,49 +590,65 @@ def report(raw: RawFigures, runs: list[ServerRun], setup: list[str]) -> str:
                 continue
             if any(point.socket_errors.values()):
                 detail = ", ".join(f"{kind} {count}" for kind, count in point.socket_errors.items())
-                lines.append(f"  socket errors, batching {'on' if run.batching else 'off'}, "
+                lines.append(f"  socket errors, batching {_name(run)}, "
                              f"concurrency {connections}: {detail}")
             if point.requests == 0:
-                lines.append(f"  batching {'on' if run.batching else 'off'}, concurrency {connections}: no request "
+                lines.append(f"  batching {_name(run)}, concurrency {connections}: no request "
                              f"finished within the point; give it a longer --duration")
     for run in runs:
         if run.lone_raw:
-            state = "on" if run.batching else "off"
-            lines.append(f"  raw forward of the probe beside the lone point, batching {state}: median "
+            lines.append(f"  raw forward of the probe beside the lone point, batching {_name(run)}: median "
                          f"{_ms(run.lone_raw_percentile(50))} ms, p99 {_ms(run.lone_raw_percentile(99))} ms "
                          f"({len(run.lone_raw)} calls, half before it and half after)")
-    lines += ["", f"{'server start':<14}{'cold start to ready':>21}{'peak RSS under load':>21}"]
+    lines += ["", f"{'server start':<29}{'cold start to ready':>21}{'peak RSS under load':>21}"]
     for run in runs:
-        lines.append(f"{'batching ' + ('on' if run.batching else 'off'):<14}{run.cold_start_s:>19.1f} s"
+        lines.append(f"{'batching ' + _name(run):<29}{run.cold_start_s:>19.1f} s"
                      f"{run.peak_rss_bytes / 1024**3:>19.2f} GB")
     lines += ["", *ratios(raw, runs)]
     return "\n".join(lines)
 
 
+def _name(run: ServerRun) -> str:
+    return f"{'on' if run.batching else 'off'}, {run.runtime}"
+
+
 def ratios(raw: RawFigures, runs: list[ServerRun]) -> list[str]:
-    """The three ratios against their targets (at the highest and the lowest concurrency measured)."""
-    on = next((run for run in runs if run.batching), None)
+    """The ratios against their targets (at the highest and the lowest concurrency measured). The run with the
+    faster runtime and batching on leads, where one served; the PyTorch run with batching on otherwise."""
+    fast = next((run for run in runs if run.batching and run.runtime != "pytorch"), None)
+    torch_on = next((run for run in runs if run.batching and run.runtime == "pytorch"), None)
+    on = fast or torch_on
     off = next((run for run in runs if not run.batching), None)
     if on is None or not on.points:
         return ["ratios: need a run with batching on"]
     high, low = max(on.points), min(on.points)
-    served = on.points[high].ok_per_s / raw.best_texts_per_s
-    lines = [f"served texts/s at concurrency {high}, batching on / best raw texts/s: {served:.2f} "
-             f"(target >= {TARGET_SERVED_OVER_RAW:.2f}: {_ok(served >= TARGET_SERVED_OVER_RAW)})"]
+    lines = []
+    if fast is not None:
+        gain = fast.points[high].ok_per_s / raw.batch_texts_per_s
+        lines.append(f"served texts/s at concurrency {high}, {fast.runtime}, batching on / the raw PyTorch loop at "
+                     f"batch {RAW_BATCH_SIZE}: {gain:.2f} (target >= {TARGET_FAST_OVER_RAW:.1f}: "
+                     f"{_ok(gain >= TARGET_FAST_OVER_RAW)})")
+    else:
+        lines.append(f"served with a faster runtime / the raw PyTorch loop: not measured, the model serves in PyTorch "
+                     f"(target >= {TARGET_FAST_OVER_RAW:.1f}: {_ok(False)})")
+    if torch_on is not None and high in torch_on.points:
+        served = torch_on.points[high].ok_per_s / raw.best_texts_per_s
+        lines.append(f"served texts/s at concurrency {high}, pytorch, batching on / best raw texts/s: {served:.2f} "
+                     f"(target >= {TARGET_SERVED_OVER_RAW:.2f}: {_ok(served >= TARGET_SERVED_OVER_RAW)})")
     if off is not None and high in off.points and (on.points[high].ok_per_s or off.points[high].ok_per_s):
         gain = on.points[high].ok_per_s / off.points[high].ok_per_s if off.points[high].ok_per_s else float("inf")
         target = TARGET_BATCHING_GAIN_GPU if raw.device == "cuda" else TARGET_BATCHING_GAIN
         relation = ">=" if raw.device == "cuda" else ">"
         passed = gain >= target if raw.device == "cuda" else gain > target
-        lines.append(f"batching on / off texts/s at concurrency {high}: {gain:.2f} "
+        lines.append(f"batching on / off texts/s at concurrency {high} ({on.runtime} / {off.runtime}): {gain:.2f} "
                      f"(target {relation} {target:.0f} on {raw.device}: {_ok(passed)})")
     if on.lone is not None and on.lone.p99 is not None:
         # Against the raw forward timed beside the lone point (the same minutes of the machine); the figure from the
         # start of the run where there is none.
         median = on.lone_raw_percentile(50) or raw.probe_latency_p50
         overhead = on.lone.p99 / median
-        lines.append(f"p99 of the lone client (concurrency 1), batching on / one raw forward of the same text "
-                     f"(median, timed beside it): {overhead:.2f} (target <= {TARGET_LATENCY_OVER_RAW:.0f}: "
+        lines.append(f"p99 of the lone client (concurrency 1), {on.runtime}, batching on / one raw PyTorch forward of "
+                     f"the same text (median, timed beside it): {overhead:.2f} (target <= {TARGET_LATENCY_OVER_RAW:.0f}: "
                      f"{_ok(overhead <= TARGET_LATENCY_OVER_RAW)})")
         # The raw pass has a tail of its own (the machine's jitter): the p99-to-p99 comparison, for reference.
         p99 = on.lone_raw_percentile(99) or raw.probe_latency_p99
@@ -638,6 +660,46 @@ def ratios(raw: RawFigures, runs: list[ServerRun]) -> list[str]:
     if on.points[low].p99 is not None:
         lines.append(f"p99 at concurrency {low} over all the texts, batching on / p99 of the raw one-text calls over "
                      f"them: {on.points[low].p99 / raw.single_latency_p99:.2f} (their lengths spread both)")
+    return lines
+
+
+def project_champion(project_store: Path, model_name: str) -> Path | None:
+    """The stored folder of the champion in the project's BentoML store (what `make run` promoted), if any."""
+    pointer = project_store / "tuneline" / f"{model_name}.json"
+    if not pointer.is_file():
+        return None
+    tag = json.loads(pointer.read_text(encoding="utf-8")).get("champion")
+    if not tag:
+        return None
+    folder = project_store / "models" / Path(*tag.split(":", 1))
+    return folder if folder.is_dir() else None
+
+
+def gate_on_texts(model_dir: Path, texts: list[str], out_dir: Path, params: Any) -> Path:
+    """The package stage's export and parity gate for a model with no test split at hand: on the benchmark's texts,
+    against PyTorch's own labels (so the macro-F1 part of the gate compares nothing: agreement decides)."""
+    from components import fastpath, modalities
+    from components.modalities.text.predict import Classifier
+
+    reference = Classifier.load(model_dir, "cpu")
+    truth = [reference.labels[i] for i in reference.predict_proba(texts).argmax(axis=1)]
+    fastpath.export_and_gate(modalities.for_model(model_dir, params), model_dir, out_dir, texts, truth,
+                             reference.labels, params.package.fast_path, params.evaluate.batch_size)
+    return out_dir
+
+
+def parity_lines(verdict: dict[str, Any]) -> list[str]:
+    """The faster runtime's parity-gate figures, as the package stage recorded them."""
+    from components.fastpath import summary
+
+    lines = [f"serving runtime: {summary(verdict)}"]
+    for tried in verdict.get("tried", []):
+        figures = (f"agreement {tried['agreement']:.2%}, macro-F1 {tried['macro_f1']:.4f} vs PyTorch "
+                   f"{tried['reference_macro_f1']:.4f}, largest probability difference "
+                   f"{tried['max_probability_difference']:.4f}, {tried['speedup']}x PyTorch's speed on those rows in "
+                   f"batches, {tried['single_speedup']}x one at a time"
+                   if "agreement" in tried else tried["reason"])
+        lines.append(f"  parity gate, {tried['runtime']}: {'passed' if tried['passed'] else 'failed'}: {figures}")
     return lines
 
 
@@ -671,26 +733,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tuneline-bench-serve-") as folder:
         work = Path(folder)
         # A private model store, set before anything imports BentoML; configure_environment keeps it.
+        project_store = Path(os.environ.get("BENTOML_HOME") or PROJECT_ROOT / ".bentoml")  # where make run stores
         os.environ["BENTOML_HOME"] = str(work / "bentoml")
         os.environ["TUNELINE_MONITOR_DIR"] = str(work / "monitoring")  # served rows are logged as params say, here
         from components.config import PARAMS_FILE, load_params
         from components.env import configure_environment
 
         configure_environment(PROJECT_ROOT)
+        from components.fastpath import FAST_DIR, VERDICT_FILE
         from components.package import store
         from components.predict import read_meta
 
         params = load_params(PROJECT_ROOT / PARAMS_FILE)
         max_tokens = params.settings("text").max_tokens
         texts, source = read_texts(args.texts, args.n_texts, params.serve.max_text_chars, args.seed)
-        if args.model_dir is not None:
+        champion = None if (args.model_dir or args.random_init or args.base) else project_champion(
+            project_store, params.package.model_name)
+        if champion is not None:
+            model_dir, what = champion, f"the project's champion ({champion.name}, trained by make run), with the " \
+                                        f"faster runtime its package stage kept"
+        elif args.model_dir is not None:
             model_dir, what = args.model_dir, f"the trained model folder {args.model_dir}"
         else:
             print("--- building the model", flush=True)
             (work / "model").mkdir()
             model_dir, what = build_model(work / "model", args.base, args.random_init, max_tokens)
+        extra = {}
+        if not (Path(model_dir) / FAST_DIR / VERDICT_FILE).is_file():
+            # No test split at hand: the gate compares with PyTorch's own labels on the benchmark's texts.
+            print("--- exporting the faster runtime and gating it on the benchmark's texts", flush=True)
+            extra[FAST_DIR] = gate_on_texts(Path(model_dir), texts, work / FAST_DIR, params)
         tag = store(model_dir, params.package.model_name, {"labels": read_meta(model_dir)["labels"],
-                                                            "purpose": "bench.serve_speed"})
+                                                            "purpose": "bench.serve_speed"}, extra=extra)
+        fast_verdict = json.loads((Path(model_dir) / FAST_DIR / VERDICT_FILE).read_text() if not extra else
+                                  (work / FAST_DIR / VERDICT_FILE).read_text())
 
         print(f"--- raw model loop ({len(texts)} texts)", flush=True)
         raw, time_probe = measure_raw(model_dir, texts, args.raw_seconds, args.single_calls)
@@ -700,9 +776,10 @@ def main() -> None:
         lone_script = work / "the_probe_text.lua"
         lone_script.write_text(lua_script([raw.probe]), encoding="utf-8")
         concurrencies = sorted(set(args.concurrency))
+        plan = [(True, "auto"), (False, "auto")] + ([(True, "pytorch")] if fast_verdict["runtime"] != "pytorch" else [])
         runs = [serve_and_load(batching, tag, texts, wrk, script, lone_script, work, concurrencies, args.duration,
-                               args.warmup, args.server_warmup, time_probe, args.single_calls)
-                for batching in (True, False)]
+                               args.warmup, args.server_warmup, time_probe, args.single_calls, runtime)
+                for batching, runtime in plan]
 
     setup = [f"model: {tag}: {what}",
              f"texts: {len(texts)} from {source}, median {raw.median_tokens:.0f} tokens "
@@ -710,7 +787,7 @@ def main() -> None:
              f"device: {raw.device}, torch threads {raw.threads} (raw loop; torch's default)",
              f"load generator: {wrk_version} ({wrk}), -t1, {args.warmup} s warm-up then {args.duration} s per point, "
              f"one text per request, round-robin over the texts"]
-    print("\n" + report(raw, runs, setup))
+    print("\n" + report(raw, runs, setup + ["", *parity_lines(fast_verdict)]))
 
 
 if __name__ == "__main__":

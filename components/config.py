@@ -326,10 +326,23 @@ class EvaluateParams(Block):
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
 
 
+class FastPathParams(Block):
+    """A faster runtime exported at package time, served only if it passes the parity gate on the test split."""
+
+    # auto: the modality's runtimes fastest first (texts: onnx-int8, torch-bf16, onnx), the first that passes the
+    # parity gate and beats PyTorch's speed on the test split is kept;
+    # one name: only that one; none: serve PyTorch, export nothing.
+    runtime: Literal["auto", "onnx-int8", "torch-bf16", "onnx", "none"] = "auto"
+    min_agreement: Probability = 0.995  # share of test rows whose predicted label equals PyTorch's
+    # how far its macro-F1 may fall below PyTorch's; a negative value demands it be higher by that much
+    max_f1_drop: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.005
+
+
 class PackageParams(Block):
     """How a model that passed the gate is stored in the BentoML model store."""
 
     model_name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")] = "tuneline-text"
+    fast_path: FastPathParams = FastPathParams()
 
 
 class ServeParams(Block):
@@ -343,6 +356,7 @@ class ServeParams(Block):
     max_text_chars: Annotated[int, Field(ge=1)] = 200_000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4_000_000
     batching: bool = True
+    runtime: Literal["auto", "pytorch"] = "auto"  # auto: the faster runtime package kept, if any; pytorch: never
     batch_gather: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     top_k: Annotated[int, Field(ge=1)] = 3
     access_log: bool = True

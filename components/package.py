@@ -9,11 +9,13 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components import fastpath
 from components.config import Params
 from components.io import read_json, write_json
 from components.predict import read_meta
@@ -45,16 +47,19 @@ MODEL_CARD = "MODEL_CARD.md"
 
 
 def store(model_dir: str | Path, name: str, metadata: dict[str, Any], record: dict[str, Any] | None = None,
-          card: Callable[[str], str] | None = None) -> str:
+          card: Callable[[str], str] | None = None, extra: dict[str, Path] | None = None) -> str:
     """Copy a trained model folder into the BentoML model store under `name`; return the new tag.
 
     `metadata` is what `bentoml models get` shows (BentoML takes only non-null scalars, lists and dicts);
-    `record`, when given, is saved whole as package.json beside the weights, and `card(tag)` as MODEL_CARD.md.
+    `record`, when given, is saved whole as package.json beside the weights, and `card(tag)` as MODEL_CARD.md;
+    each folder of `extra` is copied in under its key (the fast path's export).
     """
     import bentoml
 
     with bentoml.models.create(name=name, labels={"pipeline": "tuneline"}, metadata=metadata) as ref:
         shutil.copytree(model_dir, ref.path, dirs_exist_ok=True)
+        for folder_name, folder in (extra or {}).items():
+            shutil.copytree(folder, Path(ref.path) / folder_name, dirs_exist_ok=True)
         if record is not None:
             write_json(Path(ref.path) / RECORD_FILE, record)
         if card is not None:
@@ -151,6 +156,12 @@ def model_card(tag: str, record: dict[str, Any]) -> str:
         "",
         *[f"- [{'x' if check['passed'] else ' '}] {check['message']}" for check in verdict.get("checks", [])],
         "",
+        "## Serving runtime",
+        "",
+        f"- {fastpath.summary(record['fast_path'])}" if "fast_path" in record else "- PyTorch (not recorded)",
+        *[f"- tried {t['runtime']}: {'passed' if t['passed'] else 'failed'}: {t['reason']}"
+          for t in record.get("fast_path", {}).get("tried", [])],
+        "",
         f"Intended use: the labels above, on {kind} data like the training data. The test split is small, so figures "
         "carry the intervals shown; check them before relying on a difference.",
     ]
@@ -158,7 +169,8 @@ def model_card(tag: str, record: dict[str, Any]) -> str:
 
 
 def run(params: Params, model_dir: str | Path, metrics_path: str | Path, verdict_path: str | Path,
-        out_path: str | Path, lock_path: str | Path = "dvc.lock") -> PackageResult:
+        out_path: str | Path, lock_path: str | Path = "dvc.lock",
+        prepared_dir: str | Path | None = None) -> PackageResult:
     """Store a candidate the gate let through, and make it the champion when the verdict says promote.
 
     Under `dvc exp run` (DVC sets DVC_EXP_NAME for the stage commands of workspace and queued experiments alike)
@@ -171,6 +183,8 @@ def run(params: Params, model_dir: str | Path, metrics_path: str | Path, verdict
         verdict_path: the evaluate stage's gate verdict (paths.verdict).
         out_path: where to record the stored tag and the decision (paths.packaged).
         lock_path: dvc.lock, for the data version recorded with the model.
+        prepared_dir: the prepared splits, whose test split gates the faster runtime (package.fast_path); needed
+            unless package.fast_path.runtime is none.
 
     Returns:
         The tag of the stored model.
@@ -205,13 +219,18 @@ def run(params: Params, model_dir: str | Path, metrics_path: str | Path, verdict
         "code_revision": provenance["code_revision"],
         "data_version": provenance["data_version"],
     }
-    record = {"metrics": metrics, "gate": verdict, "params": params.model_dump(mode="json", by_alias=True),
-              "provenance": provenance}
     experiment = os.environ.get("DVC_EXP_NAME")
     if experiment:
         metadata["experiment"] = experiment
     name = params.package.model_name
-    tag = store(model_dir, name, metadata, record, card=lambda t: model_card(t, record))
+    with tempfile.TemporaryDirectory(prefix="tuneline-fast-") as work:
+        fast = faster_runtime(params, Path(model_dir), prepared_dir, Path(work) / fastpath.FAST_DIR)
+        print(f"serving runtime: {fastpath.summary(fast)}")
+        metadata["runtime"] = fast["runtime"]
+        record = {"metrics": metrics, "gate": verdict, "params": params.model_dump(mode="json", by_alias=True),
+                  "provenance": provenance, "fast_path": fast}
+        tag = store(model_dir, name, metadata, record, card=lambda t: model_card(t, record),
+                    extra={fastpath.FAST_DIR: Path(work) / fastpath.FAST_DIR})
     previous = registry.champion(name)
     if experiment:
         print(f"model: {tag} (stored; experiment {experiment} does not change the champion; "
@@ -230,8 +249,26 @@ def run(params: Params, model_dir: str | Path, metrics_path: str | Path, verdict
     return PackageResult(tag=tag)
 
 
+def faster_runtime(params: Params, model_dir: Path, prepared_dir: str | Path | None, out_dir: Path) -> dict[str, Any]:
+    """The fast path's verdict (components/fastpath.py), its export written into out_dir when one passed."""
+    from components import modalities
+    from components.io import read_labels, read_split
+
+    if params.package.fast_path.runtime != "none" and prepared_dir is None:
+        raise ValueError("package.run needs prepared_dir (the test split gates the faster runtime) unless "
+                         "package.fast_path.runtime is none")
+    modality = modalities.for_model(model_dir, params)
+    if params.package.fast_path.runtime == "none" or not modality.fast_runtimes:
+        return fastpath.export_and_gate(modality, model_dir, out_dir, [], [], [], params.package.fast_path)
+    test = read_split(prepared_dir, "test")
+    return fastpath.export_and_gate(modality, model_dir, out_dir, modality.inputs(test, Path(prepared_dir)),
+                                    test["label"].tolist(), read_labels(prepared_dir), params.package.fast_path,
+                                    params.evaluate.batch_size)
+
+
 def main() -> None:
-    stage_main("package", lambda p: run(p, p.paths.model, p.paths.metrics, p.paths.verdict, p.paths.packaged))
+    stage_main("package", lambda p: run(p, p.paths.model, p.paths.metrics, p.paths.verdict, p.paths.packaged,
+                                        prepared_dir=p.paths.prepared))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from fastapi import FastAPI
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
-from components import modalities
+from components import fastpath, modalities
 from components.config import PARAMS_FILE, Params, load_params, parse_params
 from components.monitor import log_served
 from components.predict import ranked_labels
@@ -168,6 +168,10 @@ class ModelInfo(BaseModel):
     decision: str | None = Field(None, description="the gate's decision when it was packaged")
     batching: bool
     device: str
+    runtime: str = Field("pytorch", description="what runs the network: pytorch, or the faster runtime the package "
+                                                "stage exported and gated (onnx-int8, onnx)")
+    runtime_reason: str | None = Field(None, description="why this runtime: the parity gate's figures, or why the "
+                                                         "faster one is not serving")
 
 
 info_app = FastAPI(title="tuneline model info")
@@ -383,8 +387,12 @@ class TunelineService:
         self.model_tag = str(stored.tag)  # name:latest resolved, so answers name the exact model
         # what the stored model classifies (its tuneline.json), with the params' block for it (request limits)
         self.modality = modalities.for_model(stored.path, _params)
-        self.classifier = self.modality.load_predictor(Path(stored.path))
-        self.info = _model_info(self.model_tag, stored, self.classifier)
+        # The faster runtime the package stage exported and gated, where it may serve; PyTorch otherwise.
+        self.classifier, runtime = fastpath.load_served(self.modality, Path(stored.path), "auto",
+                                                        allowed=_serve.runtime == "auto")
+        logger.info("serving %s with %s: %s", self.model_tag, runtime["runtime"], runtime["reason"])
+        self.info = _model_info(self.model_tag, stored, self.classifier).model_copy(
+            update={"runtime": runtime["runtime"], "runtime_reason": runtime["reason"]})
         # One forward pass at a time (two at once would only split the same cores between them), always in the same
         # thread: torch keeps per-thread state (the OpenMP team on a CPU, the cuBLAS handle on a GPU) warm there.
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneline-model")

@@ -119,6 +119,7 @@ class Modality(ABC):
     incoming_columns: ClassVar[tuple[str, ...]] = ()  # what scheduled runs keep of an incoming row; () = none taken
     contrastive: ClassVar[bool] = False  # whether tune_contrastively works (train.method auto may then choose it)
     route: ClassVar[str]  # the HTTP route that classifies it
+    fast_runtimes: ClassVar[tuple[str, ...]] = ()  # faster runtimes a trained model exports to, fastest first
     request_example: ClassVar[str]  # the body that route takes, for messages
 
     def __init__(self, settings: BaseModel | None = None) -> None:
@@ -254,6 +255,17 @@ class Modality(ABC):
         from components.predict import Calibrated, read_meta
 
         return Calibrated(self.load_model(model_dir, device), read_meta(model_dir).get("temperature", 1.0))
+
+    def export_fast(self, model_dir: Path, out_dir: Path, runtime: str) -> dict[str, Any]:
+        """Write model_dir's network for `runtime` (one of fast_runtimes) into out_dir; {"file": its name in
+        out_dir (None when it needs none), "seconds": what it took, "megabytes": its size}. Raises components.fastpath.ExportError when the
+        export fails (the package stage then tries the next runtime, or keeps PyTorch)."""
+        raise NotImplementedError(f"{self.items} have no faster runtime")
+
+    def load_fast(self, model_dir: Path, file: Path | None, runtime: str) -> Predictor:
+        """model_dir's predictor with its forward pass run by `runtime` on the exported `file` (None for a runtime
+        whose export wrote no file); probabilities as the network gives them (the caller applies the temperature)."""
+        raise NotImplementedError(f"{self.items} have no faster runtime")
 
     @abstractmethod
     def decode_request(self, item: Any) -> Any:

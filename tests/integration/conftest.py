@@ -22,6 +22,8 @@ TINY = {
     "data": {"max_rows": 400},
     "train": {"epochs": 2, "learning_rate": 1.0e-4, "batch_size": 16, "early_stopping_patience": 0,
               "method": "finetune"},
+    # No faster runtime by default: it costs an export per package run; test_pipeline.py tests it on its own.
+    "package": {"fast_path": {"runtime": "none"}},
     "evaluate": {"min_macro_precision": 0.0, "min_macro_recall": 0.0, "min_macro_f1": 0.0, "min_class_recall": 0.0,
                  "min_margin_over_baseline": -1.0, "max_prediction_share": 1.0, "val_loss_below_chance": False},
 }

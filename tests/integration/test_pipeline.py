@@ -98,6 +98,54 @@ def test_served_predictions_equal_the_evaluate_stages(project: Path, reproduced,
     assert (from_bento["probability"] - offline["probability"]).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("gate", ["passes", "fails"])
+def test_the_faster_runtime_serves_only_when_it_passes_its_parity_gate(project: Path, reproduced, project_root: Path,
+                                                                       tmp_path: Path, gate: str) -> None:
+    """The package stage on the trained model with package.fast_path.runtime onnx (fp32). Passing the gate, it is
+    what serves, and it answers the test rows as evaluate did within 1e-4; with an impossible threshold (macro-F1
+    1.0 above PyTorch's) it is dropped, PyTorch serves, and /model and the model card say why."""
+    import httpx
+    import pandas as pd
+    import yaml
+    from conftest import merge
+
+    from components import package
+    from components.config import parse_params
+
+    fast_path = {"runtime": "onnx"} | ({"max_f1_drop": -1.0} if gate == "fails" else {})
+    params = parse_params(merge(yaml.safe_load((project / "params.yaml").read_text()),
+                                {"package": {"model_name": f"tuneline-fast-{gate}", "fast_path": fast_path}}))
+    os.chdir(project)  # the stage runs in the project, as DVC runs it (the record reads git there)
+    try:
+        tag = package.run(params, "models/candidate", "metrics/test.json", "metrics/gate.json",
+                          tmp_path / "packaged.json", prepared_dir="data/prepared").tag
+    finally:
+        os.chdir(project_root)
+    import bentoml
+
+    stored = Path(bentoml.models.get(tag).path)
+    card = (stored / "MODEL_CARD.md").read_text()
+    offline = pd.read_csv(project / "reports/predictions.csv", keep_default_na=False)
+    with bentoml_serve(project_root, "serving.service:TunelineService", os.environ | {"TUNELINE_MODEL_TAG": tag},
+                       tmp_path / "serve.log") as url:
+        info = httpx.get(f"{url}/model", timeout=30).json()
+        answer = httpx.post(f"{url}/classify", json={"texts": offline["text"].tolist()[:100]}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    served = pd.DataFrame(answer.json()["predictions"])
+    if gate == "passes":
+        assert info["runtime"] == "onnx" and info["runtime_reason"].startswith("passed the parity gate: labels agree")
+        assert "- onnx: labels agree with PyTorch on 100.00% of" in card
+        assert (stored / "fast" / "model.onnx").is_file()
+    else:
+        assert info["runtime"] == "pytorch"
+        assert "no export passed the parity gate (onnx: " in info["runtime_reason"]
+        assert "is not at least 1.0000 above PyTorch's" in info["runtime_reason"]
+        assert f"- PyTorch: {info['runtime_reason']}" in card
+        assert not (stored / "fast" / "model.onnx").exists()
+    assert served["label"].tolist() == offline["predicted"].tolist()[:100]
+    assert (served["probability"] - offline["probability"][:100]).abs().max() <= 1e-4
+
+
 def test_flow_runs_only_stale_stages_and_leaves_dvc_clean(project: Path, reproduced, prefect_harness) -> None:
     from flows.pipeline import pipeline
 

@@ -1,5 +1,6 @@
-"""The faster CPU path for text (components/modalities/text/fast.py: ONNX Runtime, fp32 and int8) against the
-PyTorch classifier on the same texts, and the parity gate (components/fastpath.py) that decides whether it may serve."""
+"""The faster CPU paths for text (components/modalities/text/fast.py: ONNX Runtime fp32 and int8, PyTorch bf16)
+against the PyTorch classifier on the same texts, the parity gate (components/fastpath.py) that decides whether one may
+serve, and what the service loads from the verdict."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.fastpath import parity
+from components.config import FastPathParams
+from components.fastpath import FAST_DIR, VERDICT_FILE, export_and_gate, load_served, parity
 from components.modalities.text import fast
 from components.modalities.text.predict import Classifier
 
@@ -47,7 +49,8 @@ def test_the_onnx_export_gives_pytorch_s_probabilities_and_int8_nearly(model_dir
     assert np.abs(exported.predict_proba(TEXTS) - reference).max() < 1e-4
     fast.quantize(tmp_path)
     quantized = fast.OnnxClassifier.load_onnx(model_dir, tmp_path / fast.ONNX_INT8).predict_proba(TEXTS)
-    assert (tmp_path / fast.ONNX_INT8).stat().st_size < (tmp_path / fast.ONNX_FP32).stat().st_size / 2
+    # the linear layers in int8 (the embedding table stays fp32)
+    assert (tmp_path / fast.ONNX_INT8).stat().st_size < (tmp_path / fast.ONNX_FP32).stat().st_size * 0.7
     difference = np.abs(quantized - reference).max()
     assert 0 < difference < 0.2  # int8 moves the probabilities a little: the parity gate judges the labels
 
@@ -71,3 +74,73 @@ def test_the_parity_gate_passes_close_labels_and_names_what_fails() -> None:
     assert verdict["agreement"] == 0.95 and verdict["f1_drop"] > 0.04
     with pytest.raises(ValueError, match="same test rows"):
         parity(reference, one_off[:5], truth, ["a", "b"], 0.995, 0.005)
+
+
+def reference_labels(model_dir: Path) -> list[str]:
+    classifier = Classifier.load(model_dir, "cpu")
+    return [LABELS[i] for i in classifier.predict_proba(TEXTS).argmax(axis=1)]
+
+
+def stored(model_dir: Path, fast_dir: Path, folder: Path) -> Path:
+    """The model folder as the package stage stores it: the trained files, and the fast path's folder inside."""
+    import shutil
+
+    shutil.copytree(model_dir, folder)
+    shutil.copytree(fast_dir, folder / FAST_DIR)
+    return folder
+
+
+def test_an_export_that_fails_the_gate_is_dropped_and_pytorch_serves_saying_why(model_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    from components.modalities.text import TextModality
+
+    impossible = FastPathParams(runtime="onnx", max_f1_drop=-1.0)  # its macro-F1 would have to beat PyTorch's by 1
+    verdict = export_and_gate(TextModality(), model_dir, tmp_path / "fast", TEXTS, reference_labels(model_dir),
+                              LABELS, impossible)
+    assert verdict["runtime"] == "pytorch"
+    assert "no export passed the parity gate (onnx: " in verdict["reason"]
+    assert "at least 1.0000 above PyTorch's" in verdict["reason"]
+    assert [path.name for path in (tmp_path / "fast").iterdir()] == [VERDICT_FILE]  # no export kept
+    tried = verdict["tried"][0]
+    assert tried["agreement"] == 1.0 and not tried["passed"] and tried["max_probability_difference"] < 1e-4
+
+    predictor, runtime = load_served(TextModality(), stored(model_dir, tmp_path / "fast", tmp_path / "m"), "cpu")
+    assert runtime == {"runtime": "pytorch", "reason": verdict["reason"]}
+    assert type(predictor.inner) is Classifier
+
+
+def test_an_export_that_passes_is_served_unless_told_otherwise_or_broken(model_dir: Path, tmp_path: Path) -> None:
+    from components.modalities.text import TextModality
+
+    verdict = export_and_gate(TextModality(), model_dir, tmp_path / "fast", TEXTS, reference_labels(model_dir),
+                              LABELS, FastPathParams(runtime="onnx"))
+    assert verdict["runtime"] == "onnx" and verdict["file"] == fast.ONNX_FP32
+    assert verdict["reason"].startswith("passed the parity gate: labels agree on 100.00% of 18 test rows")
+    folder = stored(model_dir, tmp_path / "fast", tmp_path / "m")
+    predictor, runtime = load_served(TextModality(), folder, "cpu")
+    assert runtime["runtime"] == "onnx" and isinstance(predictor.inner, fast.OnnxClassifier)
+    reference = TextModality().load_predictor(folder, "cpu").predict_proba(TEXTS)
+    assert np.abs(predictor.predict_proba(TEXTS) - reference).max() < 1e-4  # the temperature applied alike
+
+    predictor, runtime = load_served(TextModality(), folder, "cpu", allowed=False)
+    assert runtime == {"runtime": "pytorch", "reason": "serve.runtime is pytorch"}
+    (folder / FAST_DIR / fast.ONNX_FP32).write_bytes(b"not a model")
+    predictor, runtime = load_served(TextModality(), folder, "cpu")
+    assert runtime["runtime"] == "pytorch" and "loading the onnx export failed" in runtime["reason"]
+    assert np.abs(predictor.predict_proba(TEXTS) - reference).max() < 1e-6
+
+
+def test_bf16_keeps_pytorch_s_probabilities_closely(model_dir: Path) -> None:
+    reference = Classifier.load(model_dir, "cpu").predict_proba(TEXTS)
+    assert np.abs(fast.bf16_classifier(model_dir).predict_proba(TEXTS) - reference).max() < 0.05
+
+
+def test_nothing_is_exported_when_switched_off_or_for_a_modality_without_one(tmp_path: Path) -> None:
+    from components.modalities.image import ImageModality
+    from components.modalities.text import TextModality
+
+    off = export_and_gate(TextModality(), tmp_path, tmp_path / "a", [], [], [], FastPathParams(runtime="none"))
+    assert off["runtime"] == "pytorch" and "runtime is none" in off["reason"]
+    images = export_and_gate(ImageModality(), tmp_path, tmp_path / "b", [], [], [], FastPathParams())
+    assert images["reason"] == "no faster runtime for images yet"
+    assert json.loads((tmp_path / "b" / VERDICT_FILE).read_text()) == images

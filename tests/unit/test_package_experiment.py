@@ -45,7 +45,7 @@ def inputs(tmp_path: Path, decision: str) -> tuple[Path, Path]:
 def test_an_experiment_stores_its_model_but_never_changes_the_champion(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], decision: str) -> None:
     name = f"pkg-experiment-{decision}"
-    params = Params(package={"model_name": name})
+    params = Params(package={"model_name": name, "fast_path": {"runtime": "none"}})  # weights are fake here
     metrics_path, verdict_path = inputs(tmp_path, "promote")
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)  # the tests themselves may run under `dvc exp run`
     champion = run(params, candidate(tmp_path, "first"), metrics_path, verdict_path, tmp_path / "first.json",
