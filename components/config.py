@@ -357,6 +357,7 @@ class ServeParams(Block):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4_000_000
     batching: bool = True
     runtime: Literal["auto", "pytorch"] = "auto"  # auto: the faster runtime package kept, if any; pytorch: never
+    workers: Annotated[int, Field(ge=1, le=64)] = 1  # HTTP worker processes, each with its own model copy
     batch_gather: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     top_k: Annotated[int, Field(ge=1)] = 3
     access_log: bool = True

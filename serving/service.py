@@ -168,6 +168,7 @@ class ModelInfo(BaseModel):
     decision: str | None = Field(None, description="the gate's decision when it was packaged")
     batching: bool
     device: str
+    workers: int = Field(1, description="HTTP worker processes, each with its own copy of the model")
     runtime: str = Field("pytorch", description="what runs the network: pytorch, or the faster runtime the package "
                                                 "stage exported and gated (onnx-int8, onnx)")
     runtime_reason: str | None = Field(None, description="why this runtime: the parity gate's figures, or why the "
@@ -360,7 +361,7 @@ model_seconds = bentoml.metrics.Histogram(
 
 
 @bentoml.asgi_app(info_app)
-@bentoml.service(name="tuneline", http={"host": _serve.host, "port": _serve.port},
+@bentoml.service(name="tuneline", workers=_serve.workers, http={"host": _serve.host, "port": _serve.port},
                  logging={"access": {"enabled": _serve.access_log}},
                  monitoring={"enabled": _monitor.log, "type": "default", "options": {"log_path": str(_monitor_dir)}})
 class TunelineService:
@@ -385,6 +386,7 @@ class TunelineService:
                 f"point BENTOML_HOME at the store that holds it, or set {MODEL_TAG_ENV} to a stored tag"
             )
         self.model_tag = str(stored.tag)  # name:latest resolved, so answers name the exact model
+        _share_cpu_threads(_serve.workers)
         # what the stored model classifies (its tuneline.json), with the params' block for it (request limits)
         self.modality = modalities.for_model(stored.path, _params)
         # The faster runtime the package stage exported and gated, where it may serve; PyTorch otherwise.
@@ -513,6 +515,16 @@ class TunelineService:
         return self.info.model_copy(update={"champion": champion(self.model_tag.split(":", 1)[0]) == self.model_tag})
 
 
+def _share_cpu_threads(workers: int) -> None:
+    """With several workers, each takes an equal share of the cores for its forward passes: N processes with torch's
+    default (one thread per core) each would oversubscribe the machine N times."""
+    if workers > 1:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // workers))
+
+
 def _model_info(tag: str, stored: Any, classifier: Any) -> ModelInfo:
     """What GET /model reports, from the stored model's package.json (written by the package stage) when it has one."""
     from components.io import read_json
@@ -532,6 +544,7 @@ def _model_info(tag: str, stored: Any, classifier: Any) -> ModelInfo:
         decision=record.get("gate", {}).get("decision"),
         batching=_serve.batching,
         device=classifier.device,
+        workers=_serve.workers,
     )
 
 

@@ -81,15 +81,17 @@ def server(tag: str, project_root: Path, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="module")
 def keyed_unbatched_server(tag: str, project_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The same service with `serve.batching: false` (a params file named by TUNELINE_PARAMS) and an API key set."""
+    """The same service with `serve.batching: false` and two workers (a params file named by TUNELINE_PARAMS) and an
+    API key set; yields its URL and the server's log."""
     folder = tmp_path_factory.mktemp("serve-keyed")
     params = yaml.safe_load((project_root / "params.yaml").read_text())
     params["serve"]["batching"] = False
+    params["serve"]["workers"] = 2
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = os.environ | {"TUNELINE_MODEL_TAG": tag, "TUNELINE_PARAMS": str(folder / "params.yaml"),
                         "TUNELINE_API_KEY": API_KEY}
     with bentoml_serve(project_root, "serving.service:TunelineService", env, folder / "serve.log") as url:
-        yield url
+        yield url, folder / "serve.log"
 
 
 def classify(url: str, body: object, **kwargs) -> httpx.Response:
@@ -322,8 +324,8 @@ def test_schema_fuzz_finds_no_server_error(server: str, tmp_path: Path) -> None:
     assert still.status_code == 200, still.text
 
 
-def test_api_key_is_required_when_set(keyed_unbatched_server: str, tag: str) -> None:
-    url = keyed_unbatched_server
+def test_api_key_is_required_when_set(keyed_unbatched_server: tuple[str, Path], tag: str) -> None:
+    url, _ = keyed_unbatched_server
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}):
         refused = classify(url, {"texts": ["hi"]}, headers=headers)
         assert refused.status_code == 401, (headers, refused.text)
@@ -334,12 +336,14 @@ def test_api_key_is_required_when_set(keyed_unbatched_server: str, tag: str) -> 
         assert answered.status_code == 200, answered.text
         assert_valid(answered.json(), TEXTS, 3, tag)
         assert httpx.get(f"{url}/model", headers=headers, timeout=30).json()["batching"] is False
+        assert httpx.get(f"{url}/model", headers=headers, timeout=30).json()["workers"] == 2
     for path in ("/livez", "/readyz", "/metrics"):  # probes and scrapers need no key
         assert httpx.get(f"{url}{path}", timeout=30).status_code == 200, path
 
 
 def test_unbatched_server_answers_concurrent_requests_like_the_batched_one(
-        keyed_unbatched_server: str, server: str) -> None:
+        keyed_unbatched_server: tuple[str, Path], server: str) -> None:
+    """Also: the unbatched server runs two workers (serve.workers), each with its model, and both answer."""
     async def ask(url: str, headers: dict[str, str]) -> list[dict]:
         async with httpx.AsyncClient(timeout=120, headers=headers) as client:
             responses = await asyncio.gather(*(client.post(f"{url}/classify", json={"texts": [t], "top_k": 3})
@@ -347,7 +351,12 @@ def test_unbatched_server_answers_concurrent_requests_like_the_batched_one(
         assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
         return [r.json() for r in responses]
 
-    unbatched = asyncio.run(ask(keyed_unbatched_server, {"X-API-Key": API_KEY}))
+    url, log_path = keyed_unbatched_server
+    unbatched = asyncio.run(ask(url, {"X-API-Key": API_KEY}))
     batched = asyncio.run(ask(server, {}))
     for one, other in zip(unbatched, batched, strict=True):
         np.testing.assert_allclose(served_probabilities(one, LABELS), served_probabilities(other, LABELS), atol=1e-4)
+    log = log_path.read_text(errors="replace")
+    for worker in (1, 2):  # BentoML tags each worker's lines with its id
+        assert f"[entry_service:tuneline:{worker}] Service tuneline initialized" in log
+        assert f"[entry_service:tuneline:{worker}] 127.0.0.1" in log, f"worker {worker} answered nothing"
