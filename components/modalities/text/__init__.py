@@ -192,7 +192,10 @@ class TextModality(Modality):
 
         if runtime == fast.TORCH_BF16:
             return fast.bf16_classifier(model_dir)
-        return fast.OnnxClassifier.load_onnx(model_dir, file)
+        import torch
+
+        # as many threads as torch has here (one per core, or the worker's share of them: serve.workers)
+        return fast.OnnxClassifier.load_onnx(model_dir, file, threads=torch.get_num_threads())
 
     def decode_request(self, item: Any) -> Any:
         from components.modalities.text.normalise import normalise
