@@ -19,7 +19,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export BENTOML_HOME ?= $(CURDIR)/.bentoml
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install speech-data run repro run-images run-audio serve serve-images serve-audio schedule predict test test-unit bench bench-train bench-validate bench-augment bench-fewshot bench-serve bench-soak clean
+.PHONY: help install speech-data run repro tune run-images run-audio serve serve-images serve-audio schedule predict test test-unit bench bench-train bench-validate bench-augment bench-fewshot bench-serve bench-soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -109,6 +109,10 @@ bench-fewshot: install $(SETFIT_VENV)/.installed  ## Tuneline against SetFit on 
 
 bench-soak: install  ## 100,000 requests at concurrency 32 against the real server: errors, RSS and p99 every 10 s
 	$(PY) -m bench.soak
+
+tune: install  ## search params (tune.space) with Optuna on val within tune.timeout_s (TUNE_ARGS=--apply writes the best)
+	PATH=$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro augment
+	$(VENV)/bin/tuneline tune $(TUNE_ARGS)
 
 bench-serve: install  ## served texts/s, p50/p99, cold start, RSS (wrk; batching on/off) against the raw model
 	$(PY) -m bench.serve_speed

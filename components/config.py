@@ -9,23 +9,17 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from components.config_block import Block, Fraction, Probability
 from components.config_errors import describe, merge_alternatives, moved
+from components.config_tune import Dimension, TuneParams
 
 PARAMS_FILE = "params.yaml"
 BUILTIN = "builtin"
 
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class ConfigError(Exception):
     """params.yaml is missing, malformed, or holds a key or value Tuneline does not accept."""
-
-
-class Block(BaseModel):
-    """One block of params.yaml: an unknown key is an error, and the values cannot change once read."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataParams(Block):
@@ -464,6 +458,9 @@ class PathsParams(Block):
     train_live: str = "metrics/train"  # dvclive: loss, learning rate and validation metrics per step
     model_selection: str = "metrics/model_selection.json"
     work_dir: str = ".tuneline"  # checkpoints of unfinished runs and the frozen-feature cache (not versioned)
+    tune: str = "metrics/tune.json"  # `tuneline tune`: the best trial, and how many ran, were pruned, failed
+    tune_trials: str = "reports/tune_trials.csv"  # every trial: its params, val macro-F1 per evaluation, state
+    tune_report: str = "reports/tune.md"
     scratch: str = "metrics/scratch.json"  # images: `tuneline scratch`, the model against the same network untrained
 
 
@@ -480,6 +477,7 @@ class Params(Block):
     serve: ServeParams = ServeParams()
     schedule: ScheduleParams = ScheduleParams()
     monitor: MonitorParams = MonitorParams()
+    tune: TuneParams = TuneParams()
     paths: PathsParams = PathsParams()
 
     # The modality blocks are extra keys, each checked by its modality's own model (components/modalities).

@@ -373,7 +373,7 @@ def _loss(train_params: TrainParams, labels: list[str], train_labels: list[str],
 
 def fit(job: Job, *, train_params: TrainParams, device: str, labels: list[str], train_labels: list[str],
         out_dir: str | Path, metrics_path: str | Path, work_dir: str | Path | None, live_dir: str | Path | None,
-        world_size: int = 1, custom_loss: bool = False) -> TrainResult:
+        world_size: int = 1, custom_loss: bool = False, extra_callbacks: list[Any] | None = None) -> TrainResult:
     """Train `job` through Trainer: early stopping on val macro-F1, the loss (class weights, label smoothing),
     checkpoints resumed after a kill, dvclive curves, the model written atomically and the training summary.
 
@@ -382,6 +382,7 @@ def fit(job: Job, *, train_params: TrainParams, device: str, labels: list[str], 
         work_dir: where checkpoints live; None = a temp folder: nothing is resumed.
         live_dir: dvclive's folder; None = no curves.
         custom_loss: use cross_entropy_loss even without class weights or smoothing (DDP needs it).
+        extra_callbacks: more Trainer callbacks (a search's pruning).
 
     Returns:
         The TrainResult, also written to metrics_path.
@@ -394,7 +395,7 @@ def fit(job: Job, *, train_params: TrainParams, device: str, labels: list[str], 
 
     main_process = int(os.environ.get("RANK", "0")) == 0
     epoch_seconds: list[float] = []
-    callbacks = _callbacks(epoch_seconds, job.thaw)
+    callbacks = _callbacks(epoch_seconds, job.thaw) + list(extra_callbacks or [])
     if job.val_data is not None and train_params.early_stopping_patience > 0:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=train_params.early_stopping_patience))
     temporary = tempfile.TemporaryDirectory(prefix="tuneline-checkpoints-") if work_dir is None else None

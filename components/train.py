@@ -139,7 +139,8 @@ def calibrate(modality: Modality, model_dir: Path, val: pd.DataFrame, prepared_d
 def run(model_params: ModelParams, train_params: TrainParams, modality: Modality, augmented_dir: str | Path,
         prepared_dir: str | Path, out_dir: str | Path, metrics_path: str | Path, *,
         work_dir: str | Path | None = None, live_dir: str | Path | None = None,
-        selection_path: str | Path | None = None) -> TrainResult:
+        selection_path: str | Path | None = None, feature_cache: str | Path | None = None,
+        callbacks: list[Any] | None = None) -> TrainResult:
     """Fine-tune the pretrained model on the (augmented) train split, selecting the best checkpoint on val macro-F1.
 
     Args:
@@ -154,6 +155,8 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
             so nothing is resumed or cached.
         live_dir: dvclive's folder for per-step loss, learning rate and validation metrics; None = no dvclive.
         selection_path: where the ranking of model.candidates goes.
+        feature_cache: the frozen-feature cache's folder when it is not work_dir/features (a search shares one).
+        callbacks: more Trainer callbacks (a search's pruning).
 
     Returns:
         Training summary: rows, steps, best validation macro-F1, parameter counts, epoch wall times.
@@ -163,7 +166,8 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
     labels, _, train, val, device = training_data(augmented_dir, prepared_dir, train_params)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     train_params, chosen = resolved(train_params, model_params, modality, train, labels, world_size)
-    cache_dir = Path(work_dir) / "features" if work_dir is not None else None
+    cache_dir = Path(feature_cache) if feature_cache is not None else \
+        Path(work_dir) / "features" if work_dir is not None else None
     model_params = choose_model(modality, model_params, train_params, train, val, labels, device, cache_dir,
                                 selection_path)
     method, epochs = train_params.method, train_params.epochs
@@ -188,7 +192,8 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
     # mean is not (its gradients came out doubled with 2 processes).
     result = fit(job, train_params=train_params, device=device, labels=labels,
                  train_labels=train["label"].astype(str).tolist(), out_dir=out_dir, metrics_path=metrics_path,
-                 work_dir=work_dir, live_dir=live_dir, world_size=world_size, custom_loss=world_size > 1)
+                 work_dir=work_dir, live_dir=live_dir, world_size=world_size, custom_loss=world_size > 1,
+                 extra_callbacks=callbacks)
     log.info("trained %d steps on %d %s; best validation macro-F1 %.4f", result.steps, result.train_rows,
              modality.items, result.best_val_macro_f1)
     if int(os.environ.get("RANK", "0")) == 0:

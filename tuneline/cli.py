@@ -87,6 +87,42 @@ def _scratch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    """The search (components/tune.py): its table, its best trial, and how to use it."""
+    from components import tune
+
+    here = Path(os.path.relpath(args.root))
+    os.chdir(args.root)  # params.yaml's paths are relative to its folder, as DVC runs the stages
+    params = load_params("params.yaml")
+    summary = tune.run(params, trials=args.trials, timeout_s=args.timeout, study_name=args.study)
+    counts = ", ".join(f"{count} {state.lower()}" for state, count in summary["trials"].items() if count)
+    print(f"\n== Search {summary['study']}: {counts} (tune.trials {summary['trials_wanted']}; "
+          f"storage {params.tune.storage}) ==")
+    print(f"table of trials: {here / params.paths.tune_report} (rows: {here / params.paths.tune_trials}; plot: "
+          f"dvc plots show {params.paths.tune_trials} -x trial -y val_macro_f1)")
+    best = summary["best"]
+    if best is None:
+        print("no trial finished; nothing to apply")
+        return 1
+    print(f"best: trial {best['trial']}, val macro-F1 {best['val_macro_f1']:.4f}: {best['params']}")
+    baseline = summary["baseline"]
+    if best["val_macro_f1"] <= baseline["val_macro_f1"]:
+        print(f"no trial beat the {baseline['name']} on val ({baseline['val_macro_f1']:.4f}): the gate would refuse "
+              f"these params too; widen tune.space, raise tune.trials, or look at the data")
+        return 1
+    print(f"{baseline['name']} on val: {baseline['val_macro_f1']:.4f} (the gate compares them on test)")
+    settings = " ".join(f"-S '{key}={value}'" for key, value in best["params"].items())
+    if args.apply:
+        tune.apply("params.yaml", best["params"])
+        print(f"written into {here / 'params.yaml'}; now `{_run_command(here)}` evaluates them on the test split and "
+              f"the gate decides")
+    else:
+        print(f"try them as an experiment (evaluated on the test split, gated, never promoted):  dvc exp run "
+              f"{settings}\nor write them into params.yaml:  tuneline tune --apply (resumes the study; no new trial "
+              f"if it is complete)")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     params = load_params(args.root / "params.yaml")
     host = args.host or params.serve.host
@@ -344,6 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("tag", nargs="?", help="a stored model's tag (default: the champion before this one)")
     commands.add_parser("scratch", help="images: train the same network from random weights on the same splits and "
                         "compare its test macro-F1 with the pipeline's pretrained model")
+    tune = commands.add_parser("tune", help="search params (tune.space) with Optuna on the val split; resumable, "
+                               "and several processes on one tune.storage split the trials")
+    tune.add_argument("--trials", type=int, help="finished trials the study should hold (default tune.trials)")
+    tune.add_argument("--timeout", type=float, help="seconds after which no new trial starts (default tune.timeout_s)")
+    tune.add_argument("--study", help="the study's name in the storage (default tune.study, else package.model_name)")
+    tune.add_argument("--apply", action="store_true", help="write the best trial's params into params.yaml")
     schedule = commands.add_parser("schedule", help="serve the scheduled retraining deployment (schedule.cron); "
                                    "starts a local Prefect server unless PREFECT_API_URL is set")
     schedule.add_argument("--port", type=int, default=4200, help="the local Prefect server's port (default 4200)")
@@ -364,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         load_params(args.root / "params.yaml")
         commands = {"run": _run, "serve": _serve, "build": _build, "monitor": _monitor, "predict": _predict,
                     "models": _models, "promote": _promote, "rollback": _rollback, "schedule": _schedule,
-                    "scratch": _scratch}
+                    "scratch": _scratch, "tune": _tune}
         return commands[args.command](args)
     except ConfigError as exc:
         print(f"tuneline {args.command}: {exc}", file=sys.stderr)
