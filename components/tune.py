@@ -69,9 +69,11 @@ def trial_params(raw: dict[str, Any], values: dict[str, Any]) -> Params:
     return parse_params(changed, source=f"tune.space's values {values}")
 
 
-def _pruning_callback(trial: optuna.Trial) -> Any:
+def _pruning_callback(trial: optuna.Trial, deadline: float | None = None) -> Any:
     """A Trainer callback that reports each evaluation's val macro-F1 to the trial and stops a trial the pruner
-    gives up on (Optuna's TrialPruned, raised out of the training loop: the trial ends at that evaluation)."""
+    gives up on (Optuna's TrialPruned, raised out of the training loop: the trial ends at that evaluation). Past
+    `deadline` (time.monotonic(): the search's tune.timeout_s) it stops the trial at the next step, pruned, so the
+    budget holds even when a long trial started just before it ran out."""
     import optuna
     from transformers import TrainerCallback
 
@@ -92,6 +94,11 @@ def _pruning_callback(trial: optuna.Trial) -> Any:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"val macro-F1 {value:.4f} at evaluation {len(self.curve)} is below what "
                                          f"the pruner asks of that point")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if deadline is not None and time.monotonic() > deadline:
+                trial.set_user_attr("stopped_by", "tune.timeout_s")
+                raise optuna.TrialPruned("the search's time budget (tune.timeout_s) ran out during this trial")
 
     return Pruning()
 
@@ -168,12 +175,13 @@ def run(params: Params, *, trials: int | None = None, timeout_s: float | None = 
                                 pruner=_pruner(params))
     study.sampler = _sampler(params, len(study.get_trials(deepcopy=False)))
     folder = Path(paths.work_dir) / "tune" / name
+    began = time.monotonic()
 
     def objective(trial: optuna.Trial) -> float:
         values = {key: suggest(trial, key, dimension) for key, dimension in params.tune.space.items()}
         chosen = trial_params(raw, values)
         here = folder / f"trial-{trial.number}"
-        pruning = _pruning_callback(trial)
+        pruning = _pruning_callback(trial, None if limit is None else began + limit)
         started = time.monotonic()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         log.info("trial %d: %s", trial.number, values)
@@ -268,6 +276,9 @@ def apply(params_path: str | Path, values: dict[str, Any]) -> None:
 
     handler = YAML()
     handler.preserve_quotes = True
+    handler.width = 4096  # never re-wrap a line
+    handler.representer.add_representer(  # null stays `null`, not an empty value
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
     path = Path(params_path)
     document = handler.load(path.read_text(encoding="utf-8"))
     for key, value in values.items():
