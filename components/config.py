@@ -293,6 +293,11 @@ class TrainParams(Block):
     resume: bool = True  # a killed run starts again from its last checkpoint
     num_processes: Annotated[int, Field(ge=1, le=256)] = 1  # >1 = data-parallel (DDP) processes
     launcher: Literal["torchrun", "accelerate"] = "torchrun"
+    # past one machine: num_processes per node on `nnodes` nodes meeting at rdzv_endpoint (host:port on node 0);
+    # node_rank (or the environment's TUNELINE_NODE_RANK) says which node this is; null = elastic c10d rendezvous
+    nnodes: Annotated[int, Field(ge=1, le=1024)] = 1
+    node_rank: Annotated[int, Field(ge=0)] | None = 0
+    rdzv_endpoint: str | None = None
     logging_steps: Annotated[int, Field(ge=1)] = 25  # loss and learning rate logged (dvclive) every N steps
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -301,6 +306,29 @@ class TrainParams(Block):
     contrastive_epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
     contrastive_learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-5
     contrastive_loss: Literal["cosent", "cosine"] = "cosent"  # sentence-transformers' CoSENTLoss / SetFit's
+
+    @property
+    def world_size(self) -> int:
+        """Training processes in all: num_processes on each of nnodes nodes."""
+        return self.num_processes * self.nnodes
+
+    @model_validator(mode="after")
+    def _nodes_meet_somewhere(self) -> TrainParams:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(f"train.nnodes is {self.nnodes}, but train.rdzv_endpoint is not set; give node 0's "
+                             "host:port (e.g. 10.0.0.1:29500), the same on every node")
+        if self.rdzv_endpoint is not None:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"train.rdzv_endpoint {self.rdzv_endpoint!r} is not host:port; give node 0's "
+                                 "address and a free port, e.g. 10.0.0.1:29500")
+        if self.node_rank is not None and self.node_rank >= self.nnodes:
+            raise ValueError(f"train.node_rank {self.node_rank} is not a node of train.nnodes {self.nnodes}; "
+                             f"give 0 to {self.nnodes - 1} (or set TUNELINE_NODE_RANK on each node)")
+        if self.nnodes > 1 and self.launcher == "accelerate" and self.node_rank is None:
+            raise ValueError("train.launcher accelerate needs a train.node_rank on every node (no elastic "
+                             "rendezvous); give one or use train.launcher: torchrun")
+        return self
 
 
 class EvaluateParams(Block):

@@ -42,6 +42,7 @@ class TuneParams(Block):
     study: str | None = None  # the study's name in the storage; null = package.model_name
     seed: int = 0
     heartbeat_s: Annotated[int, Field(ge=1, le=3600)] = 30  # a trial silent 4 heartbeats (worker killed) is retried
+    include_default: bool = True  # a new study's first trial is params.yaml as it is, so "the default was best" can win
     space: dict[str, Dimension] = {
         "train.learning_rate": Dimension(low=1e-5, high=2e-4, log=True),
         "train.epochs": Dimension(choices=[2, 3, 4, 6]),

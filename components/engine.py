@@ -313,6 +313,11 @@ def training_data(augmented_dir: str | Path, prepared_dir: str | Path,
     label_ids = {label: index for index, label in enumerate(labels)}
     train = read_split(augmented_dir, "train")
     val = read_split(prepared_dir, "val")
+    unknown = sorted(set(train["label"]).union(val["label"]) - set(labels))
+    if unknown:  # the folders come from different runs (a stage run by hand, not through dvc repro)
+        raise StageError(f"labels {unknown[:5]} in {augmented_dir} or {prepared_dir} are not in "
+                         f"{Path(prepared_dir) / 'labels.json'} ({labels[:5]}): the augmented data is older than the "
+                         f"prepared data; bring both up to date with dvc repro augment (make repro and make tune do)")
     if train_params.max_train_samples and len(train) > train_params.max_train_samples:
         train = train.sample(n=train_params.max_train_samples, random_state=train_params.seed)
     try:

@@ -64,7 +64,7 @@ def original_rows_per_class(train: pd.DataFrame, labels: list[str]) -> float:
 
 def contrastive_possible(train: TrainParams, model: ModelParams, modality_can: bool) -> bool:
     """Whether train.method contrastive can run with these params (one process, no adapter, no gradual unfreezing)."""
-    return modality_can and train.num_processes == 1 and model.adapter == "none" and not model.gradual_unfreeze
+    return modality_can and train.world_size == 1 and model.adapter == "none" and not model.gradual_unfreeze
 
 
 def choose(train: TrainParams, augment: AugmentParams, model: ModelParams, rows_per_class: float,

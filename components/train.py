@@ -205,18 +205,43 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
     return result
 
 
+NODE_RANK = "TUNELINE_NODE_RANK"  # which node this is, when params.yaml is the same file on every node
+
+
+def node_rank(params: TrainParams) -> int | None:
+    """This node's rank: the environment's TUNELINE_NODE_RANK, else train.node_rank (None: the rendezvous assigns)."""
+    given = os.environ.get(NODE_RANK, "").strip()
+    if not given:
+        return params.node_rank
+    if not given.isdigit() or int(given) >= params.nnodes:
+        raise StageError(f"{NODE_RANK}={given!r} is not a node of train.nnodes {params.nnodes}; set it to 0 to "
+                         f"{params.nnodes - 1}, a different one on each node")
+    return int(given)
+
+
 def launch_command(params: TrainParams) -> list[str]:
-    """The command that runs this stage as `params.num_processes` data-parallel processes."""
+    """The command that runs this stage as `params.num_processes` data-parallel processes on this node, one node of
+    `params.nnodes` (torchrun's own rendezvous: static with a node rank, elastic c10d without one)."""
     import sys
 
     n = str(params.num_processes)
+    rank = node_rank(params)
+    host, _, port = (params.rdzv_endpoint or "").rpartition(":")
     if params.launcher == "accelerate":
         # --multi_gpu is accelerate's torch.distributed.run launcher; on a CPU its processes use gloo.
-        mode = ["--multi_gpu"]
-        return [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", n, "--num_machines",
-                "1", "-m", "components.train"]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", n,
-            "-m", "components.train"]
+        nodes = ["--num_machines", str(params.nnodes)]
+        if params.nnodes > 1:
+            nodes += ["--machine_rank", str(rank), "--main_process_ip", host, "--main_process_port", port]
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                str(params.num_processes * params.nnodes), *nodes, "-m", "components.train"]
+    if params.nnodes == 1:
+        nodes = ["--standalone"]
+    elif rank is None:
+        nodes = ["--nnodes", str(params.nnodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", params.rdzv_endpoint,
+                 "--rdzv_id", "tuneline-train"]
+    else:
+        nodes = ["--nnodes", str(params.nnodes), "--node_rank", str(rank), "--master_addr", host, "--master_port", port]
+    return [sys.executable, "-m", "torch.distributed.run", *nodes, "--nproc_per_node", n, "-m", "components.train"]
 
 
 LAUNCHED = "TUNELINE_TRAIN_LAUNCHED"  # set for the processes a launcher starts: they train, never launch again
@@ -226,16 +251,20 @@ def main() -> None:
     import subprocess
 
     def _run(p: Params) -> TrainResult | None:
-        if p.train.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        if p.train.world_size > 1 and "WORLD_SIZE" not in os.environ:
             if os.environ.get(LAUNCHED):
                 raise StageError(f"{p.train.launcher} started the stage without a distributed environment "
                                  "(no WORLD_SIZE); try train.launcher: torchrun")
             if p.model.freeze_backbone and p.train.feature_cache:
-                log.info("train.num_processes is %d, but a linear probe on cached features needs one process",
-                         p.train.num_processes)
+                log.info("train.num_processes %d on %d node(s), but a linear probe on cached features needs one "
+                         "process (on node 0)", p.train.num_processes, p.train.nnodes)
+                if p.train.nnodes > 1 and node_rank(p.train) != 0:
+                    log.info("this is node %s: nothing to do here", node_rank(p.train))
+                    return None
             else:
                 command = launch_command(p.train)
-                log.info("launching %d processes: %s", p.train.num_processes, " ".join(command))
+                log.info("launching %d process(es) on node %s of %d: %s", p.train.num_processes,
+                         node_rank(p.train), p.train.nnodes, " ".join(command))
                 code = subprocess.call(command, env={**os.environ, LAUNCHED: "1"})
                 if code:
                     raise StageError(f"the {p.train.num_processes} training processes ({p.train.launcher}) exited "

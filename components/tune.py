@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINISHED = ("COMPLETE", "PRUNED")
+DEFAULT = "default"  # the user attribute of the trial that runs params.yaml unchanged
 
 
 def set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -142,6 +143,18 @@ def _pruner(params: Params) -> Any:
     return optuna.pruners.NopPruner()
 
 
+def is_default(trial: optuna.Trial) -> bool:
+    """Whether the trial runs params.yaml as it is (auto keys resolved by the train stage as usual): the study's
+    trial 0 unless it was enqueued with values of its own, or a retry of that trial. Trial numbers come from the
+    storage, so of several workers starting one new study exactly one runs it."""
+    if trial.user_attrs.get(DEFAULT):
+        return True
+    if trial.number != 0:
+        return False
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == 0)
+    return not frozen.system_attrs.get("fixed_params")
+
+
 def finished(study: optuna.Study) -> int:
     return sum(trial.state.name in FINISHED for trial in study.get_trials(deepcopy=False))
 
@@ -178,13 +191,17 @@ def run(params: Params, *, trials: int | None = None, timeout_s: float | None = 
     began = time.monotonic()
 
     def objective(trial: optuna.Trial) -> float:
-        values = {key: suggest(trial, key, dimension) for key, dimension in params.tune.space.items()}
+        if params.tune.include_default and is_default(trial):
+            trial.set_user_attr(DEFAULT, True)
+            values = {}
+        else:
+            values = {key: suggest(trial, key, dimension) for key, dimension in params.tune.space.items()}
         chosen = trial_params(raw, values)
         here = folder / f"trial-{trial.number}"
         pruning = _pruning_callback(trial, None if limit is None else began + limit)
         started = time.monotonic()
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        log.info("trial %d: %s", trial.number, values)
+        log.info("trial %d: %s", trial.number, values or "params.yaml as it is (the default recipe)")
         try:
             result = train(chosen.model, chosen.train, modality, paths.augmented, paths.prepared, here / "model",
                            here / "train.json", live_dir=here / "live", feature_cache=Path(paths.work_dir) / "features",
@@ -228,7 +245,7 @@ def summarise(study: optuna.Study, params: Params, wanted: int) -> dict[str, Any
     return {"study": study.study_name, "storage": params.tune.storage, "trials_wanted": wanted,
             "trials": states, "best": None if best is None else
             {"trial": best.number, "val_macro_f1": round(best.value, 6), "params": best.params,
-             "seconds": best.user_attrs.get("seconds")}}
+             "default": bool(best.user_attrs.get(DEFAULT)), "seconds": best.user_attrs.get("seconds")}}
 
 
 def write_outputs(study: optuna.Study, summary: dict[str, Any], params: Params) -> None:
@@ -246,7 +263,8 @@ def write_outputs(study: optuna.Study, summary: dict[str, Any], params: Params) 
                      "best_so_far": "" if best_so_far == -math.inf else round(best_so_far, 6),
                      "evaluations": len(curve), "curve": " ".join(f"{v:.4f}" for v in curve),
                      "seconds": trial.user_attrs.get("seconds", ""),
-                     **{key: trial.params.get(key, "") for key in keys}})
+                     **{key: trial.params.get(key, "default" if trial.user_attrs.get(DEFAULT) else "")
+                        for key in keys}})
     write_json(params.paths.tune, summary)
     Path(params.paths.tune_trials).parent.mkdir(parents=True, exist_ok=True)
     with open(params.paths.tune_trials, "w", newline="", encoding="utf-8") as out:
@@ -263,8 +281,9 @@ def write_outputs(study: optuna.Study, summary: dict[str, Any], params: Params) 
                      + " | ".join(str(row[key]) for key in keys) + " |")
     best = summary["best"]
     baseline = summary.get("baseline")
-    lines += ["", f"Best: trial {best['trial']}, val macro-F1 {best['val_macro_f1']:.4f}, {best['params']}" if best
-              else "No trial finished."]
+    lines += ["", "No trial finished." if not best else
+              f"Best: trial {best['trial']}, val macro-F1 {best['val_macro_f1']:.4f}, " +
+              ("params.yaml as it is: the default recipe was best" if best["default"] else str(best["params"]))]
     if baseline:
         lines.append(f"{baseline['name']} (the gate's baseline) on val: macro-F1 {baseline['val_macro_f1']:.4f}.")
     Path(params.paths.tune_report).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -171,8 +171,8 @@ def stage_project(root: Path, prepared: Path, augmented: Path, train: dict) -> P
     return root
 
 
-def start_stage(root: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+def start_stage(root: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", "components.train"], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -227,7 +227,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(prepared: Path, aug
     assert differing in ([], [first_after])
 
 
-def test_two_process_ddp_on_the_cpu(prepared: Path, augmented: Path, tmp_path: Path) -> None:
+def test_two_process_ddp_on_one_node_and_on_two(prepared: Path, augmented: Path, tmp_path: Path, free_port: int) -> None:
     project = stage_project(tmp_path / "ddp", prepared, augmented,
                             {"epochs": 1, "batch_size": 8, "num_processes": 2, "launcher": "torchrun"})
     single = stage_project(tmp_path / "single", prepared, augmented, {"epochs": 1, "batch_size": 16})
@@ -243,4 +243,21 @@ def test_two_process_ddp_on_the_cpu(prepared: Path, augmented: Path, tmp_path: P
     assert metrics["val_loss"] == pytest.approx(read_json(single / "metrics" / "train.json")["val_loss"], abs=0.05)
     from components.modalities import load_predictor
 
-    assert load_predictor(project / "models" / "candidate").predict_proba(["a film"]).shape == (1, 3)
+    one_node = load_predictor(project / "models" / "candidate")
+    assert one_node.predict_proba(["a film"]).shape == (1, 3)
+
+    # The same global batch from two "machines" (a folder each, as two hosts have their own checkout and data),
+    # one process each, meeting through torchrun's static rendezvous on node 0's address; the same params.yaml on
+    # both, the node's rank from its environment.
+    two = {"epochs": 1, "batch_size": 8, "num_processes": 1, "nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{free_port}"}
+    nodes = [stage_project(tmp_path / f"node{rank}", prepared, augmented, two) for rank in (0, 1)]
+    started = [start_stage(node, {"TUNELINE_NODE_RANK": str(rank)}) for rank, node in enumerate(nodes)]
+    outputs = [finish(process) for process in started]
+    assert "--nnodes 2 --node_rank 1" in outputs[1]
+    assert not (nodes[1] / "models" / "candidate").exists()  # node 0 holds global rank 0: it writes the model
+    two_nodes = read_json(nodes[0] / "metrics" / "train.json")
+    assert two_nodes["steps"] == metrics["steps"]
+    assert two_nodes["val_loss"] == pytest.approx(metrics["val_loss"], abs=0.05)
+    texts = read_split(prepared, "test")["text"].tolist()[:32]
+    assert load_predictor(nodes[0] / "models" / "candidate").predict_proba(texts) == \
+        pytest.approx(one_node.predict_proba(texts), abs=0.05)

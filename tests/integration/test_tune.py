@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import set_params
+from conftest import dvc, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +22,11 @@ pytestmark = pytest.mark.slow
 FAST = {"model": {"freeze_backbone": True}, "train": {"epochs": 3, "recipe": "fixed", "method": "finetune"}}
 
 
-def tune_params(project: Path, study: str, trials: int, space: dict | None = None) -> None:
+def tune_params(project: Path, study: str, trials: int, space: dict | None = None, default: bool = False) -> None:
     import yaml
 
     set_params(project, FAST | {"tune": {"trials": trials, "study": study, "heartbeat_s": 1, "timeout_s": 600,
-                                         "pruner": "median"}})
+                                         "pruner": "median", "include_default": default}})
     params = yaml.safe_load((project / "params.yaml").read_text())
     # the whole space replaced, not merged key by key with the shipped one
     params["tune"]["space"] = space or {"train.learning_rate": {"low": 1.0e-3, "high": 3.0e-2, "log": True}}
@@ -35,7 +35,11 @@ def tune_params(project: Path, study: str, trials: int, space: dict | None = Non
 
 @pytest.fixture
 def test_split_away(project: Path, reproduced) -> Iterator[None]:
-    """The test split moved out of the project while the search runs: reading it would fail the search."""
+    """The test split moved out of the project while the search runs: reading it would fail the search. The data is
+    first brought back to the tiny params (an earlier module may have prepared a bad file), as `make tune` does."""
+    set_params(project, {})
+    augmented = dvc(project, "repro", "augment")
+    assert augmented.returncode == 0, augmented.stdout[-3000:] + augmented.stderr[-3000:]
     split = project / "data/prepared/test.jsonl"
     hidden = project.parent / f"{project.name}-test.jsonl.hidden"
     split.rename(hidden)
@@ -86,7 +90,7 @@ def test_a_search_prunes_a_hopeless_trial_never_reads_test_and_applies_the_best(
 
 
 def test_two_workers_on_one_storage_split_the_trials(project: Path, test_split_away) -> None:
-    tune_params(project, "shared", 4)
+    tune_params(project, "shared", 4, default=True)
     workers = [subprocess.Popen(tune_command(project), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]
     outputs = [worker.communicate(timeout=600)[0] for worker in workers]
@@ -97,6 +101,8 @@ def test_two_workers_on_one_storage_split_the_trials(project: Path, test_split_a
     assert 4 <= len(finished) <= 5 and not [t for t in trials if t.state.name == "RUNNING"]
     assert len({t.user_attrs["worker"] for t in finished}) == 2  # both processes ran trials
     assert len({t.number for t in trials}) == len(trials)
+    [default] = [t for t in trials if t.user_attrs.get("default")]  # params.yaml as it is, run once, not per worker
+    assert default.params == {} and default.state.name == "COMPLETE" and len(default.user_attrs["curve"]) == 3
 
 
 def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(project: Path, test_split_away) -> None:

@@ -113,3 +113,54 @@ def test_training_arguments_carry_the_train_block(tmp_path) -> None:
     assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.2
     assert args.metric_for_best_model == "macro_f1" and args.load_best_model_at_end
     assert not args.bf16 and not args.fp16 and args.num_train_epochs == 2
+
+
+def test_augmented_data_from_another_run_than_the_prepared_labels_is_named(tmp_path) -> None:
+    import pandas as pd
+
+    from components.engine import training_data
+    from components.io import write_json, write_split
+
+    prepared, augmented = tmp_path / "prepared", tmp_path / "augmented"
+    rows = pd.DataFrame({"text": ["a good one", "a bad one"], "label": ["good", "bad"]})
+    for folder in (prepared, augmented):
+        folder.mkdir()
+        write_split(folder, "train", rows)
+    write_split(prepared, "val", rows)
+    write_json(prepared / "labels.json", ["bad", "good"])
+    assert training_data(augmented, prepared, TrainParams())[0] == ["bad", "good"]
+
+    write_split(augmented, "train", rows.assign(label=["good", "plot"]))  # an older augment of other data
+    with pytest.raises(StageError, match=r"labels \['plot'\] .* dvc repro augment"):
+        training_data(augmented, prepared, TrainParams())
+
+
+def test_the_launch_command_for_one_node_and_for_several(monkeypatch) -> None:
+    from components.train import launch_command
+
+    monkeypatch.delenv("TUNELINE_NODE_RANK", raising=False)
+    assert "--standalone" in launch_command(TrainParams(num_processes=2))
+    static = TrainParams(num_processes=4, nnodes=3, node_rank=2, rdzv_endpoint="10.0.0.1:29500")
+    command = " ".join(launch_command(static))
+    assert "--nnodes 3 --node_rank 2 --master_addr 10.0.0.1 --master_port 29500 --nproc_per_node 4" in command
+    elastic = " ".join(launch_command(static.model_copy(update={"node_rank": None})))
+    assert "--rdzv_backend c10d --rdzv_endpoint 10.0.0.1:29500" in elastic and "--node_rank" not in elastic
+    monkeypatch.setenv("TUNELINE_NODE_RANK", "1")  # the node's environment says which node it is
+    assert "--node_rank 1 " in " ".join(launch_command(static))
+    accelerate = " ".join(launch_command(static.model_copy(update={"launcher": "accelerate"})))
+    assert "--num_processes 12 --num_machines 3 --machine_rank 1 --main_process_ip 10.0.0.1" in accelerate
+    monkeypatch.setenv("TUNELINE_NODE_RANK", "3")
+    with pytest.raises(StageError, match="TUNELINE_NODE_RANK='3' is not a node of train.nnodes 3"):
+        launch_command(static)
+
+
+@pytest.mark.parametrize(("train", "words"), [
+    ({"nnodes": 2}, "train.rdzv_endpoint is not set"),
+    ({"nnodes": 2, "rdzv_endpoint": "10.0.0.1"}, "is not host:port"),
+    ({"nnodes": 2, "rdzv_endpoint": "node0:29500", "node_rank": 2}, "train.node_rank 2 is not a node"),
+])
+def test_multi_node_params_that_cannot_meet_are_refused(train, words) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=words):
+        TrainParams(**train)

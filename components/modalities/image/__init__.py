@@ -40,7 +40,7 @@ class ImageModality(Modality):
         if params.model.adapter != "none" or params.model.candidates:
             raise StageError("model.adapter and model.candidates are for text models; set them to none and [] for "
                              "images")
-        if params.train.num_processes > 1:
+        if params.train.world_size > 1:
             raise StageError("train.num_processes > 1 (DDP) is for text models so far; set it to 1 for images")
         if params.train.method == "contrastive":
             raise StageError("train.method contrastive is for text models so far; set it to finetune or auto for "

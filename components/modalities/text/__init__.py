@@ -56,7 +56,7 @@ class TextModality(Modality):
         if not params.model.pretrained:
             raise StageError("model.pretrained: false (random weights) is for image backbones; set it to true for "
                              "text")
-        if params.train.method == "contrastive" and (params.train.num_processes > 1 or params.model.adapter != "none"
+        if params.train.method == "contrastive" and (params.train.world_size > 1 or params.model.adapter != "none"
                                                      or params.model.gradual_unfreeze):
             raise StageError("train.method contrastive tunes the whole encoder in one process, then trains the head "
                              "alone; set train.num_processes to 1, model.adapter to none and model.gradual_unfreeze "
