@@ -409,6 +409,8 @@ class ScheduleParams(Block):
     notify_webhook: str | None = None
     io_retries: Annotated[int, Field(ge=0, le=10)] = 3
     io_retry_delay_s: Annotated[float, Field(ge=0.0)] = 2.0
+    tune: bool = False  # search (tune block) on the new data before retraining; the best params are applied if they win
+    tune_timeout_s: Annotated[float, Field(gt=0.0)] = 1200.0  # the search's share of a scheduled run
 
     @field_validator("cron")
     @classmethod

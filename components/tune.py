@@ -258,7 +258,8 @@ def write_outputs(study: optuna.Study, summary: dict[str, Any], params: Params) 
         if value is not None:
             best_so_far = max(best_so_far, value)
         curve = trial.user_attrs.get("curve", [])
-        rows.append({"trial": trial.number, "state": trial.state.name.lower(),
+        state = trial.state.name.lower() + (" (time budget)" if trial.user_attrs.get("stopped_by") else "")
+        rows.append({"trial": trial.number, "state": state,
                      "val_macro_f1": "" if value is None else round(value, 6),
                      "best_so_far": "" if best_so_far == -math.inf else round(best_so_far, 6),
                      "evaluations": len(curve), "curve": " ".join(f"{v:.4f}" for v in curve),

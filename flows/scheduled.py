@@ -9,6 +9,8 @@ One run of `tuneline-scheduled` (served on schedule.cron by `make schedule`, or 
    its verdict goes into the record, and a drift verdict is a notification. Monitoring never fails the run.
 3. If DVC reports nothing stale (no new rows, same params and code), the run ends here: no stage runs.
 4. Otherwise the pipeline flow runs the stale stages (prepare ... package); the gate decides, package promotes.
+   With schedule.tune, a search on the new data (components/tune.py, schedule.tune_timeout_s) runs after augment
+   and its best params go into params.yaml when they beat the default recipe and the baseline on val.
 5. push: `dvc push` of every versioned output to the DVC remote (schedule.remote; a local folder by default).
 6. The run record (paths.runs/<run>.json: data version, params, metrics, verdict, model tag, champion, code
    revision, incoming files, the drift verdict) is written, and with schedule.commit it is committed with dvc.lock,
@@ -213,6 +215,26 @@ def commit(params: Params, message: str, tag: str) -> str | None:
     return _git("rev-parse", "HEAD").stdout.strip()
 
 
+@task
+def tune_before_training(root: Path, study: str, timeout_s: float) -> dict[str, Any]:
+    """schedule.tune: an Optuna study of its own on this run's prepared and augmented data (components/tune.py),
+    within `timeout_s`; the best trial's params go into params.yaml when they beat both the default recipe (the
+    study's trial 0) and the baseline on val. The pipeline then trains, evaluates and gates them as usual, and the
+    run's commit holds the params that made its model."""
+    from components import tune
+    from components.config import PARAMS_FILE
+
+    summary = tune.run(load_params(), timeout_s=timeout_s, study_name=study)
+    best, baseline = summary["best"], summary["baseline"]
+    applied = bool(best and not best["default"] and best["val_macro_f1"] > baseline["val_macro_f1"])
+    if applied:
+        tune.apply(root / PARAMS_FILE, best["params"])
+    get_run_logger().info("search %s: %s; %s", study, summary["trials"],
+                          f"applied {best['params']}" if applied else
+                          "the default recipe stays" if best else "no trial finished; the default recipe stays")
+    return {"study": study, "trials": summary["trials"], "best": best, "baseline": baseline, "applied": applied}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The record
 
@@ -290,6 +312,11 @@ def write_record(params: Params, record: dict[str, Any]) -> Path:
     if record["metrics"]:
         lines.append(f"- test macro-F1: {record['metrics']['macro']['f1']:.4f} "
                      f"(baseline {record['metrics']['baseline_macro_f1']:.4f})")
+    if record.get("tune") and record["tune"]["best"]:
+        best = record["tune"]["best"]
+        lines.append(f"- search {record['tune']['study']}: best val macro-F1 {best['val_macro_f1']:.4f} "
+                     f"({'the default recipe' if best['default'] else best['params']}), "
+                     f"{'applied' if record['tune']['applied'] else 'not applied'}")
     if record.get("monitor") and "drift" in record["monitor"]:
         lines.append(f"- served traffic: **{'DRIFT' if record['monitor']['drift'] else 'no drift'}**: "
                      f"{record['monitor']['reason']} (report `{record['monitor']['report']}`)")
@@ -304,6 +331,20 @@ def write_record(params: Params, record: dict[str, Any]) -> Path:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The flow
+
+
+def search_first(params: Params, root: Path, stamp: str) -> dict[str, Any]:
+    """The stages up to augment, then the search (tune_before_training); a search that cannot run fails the run."""
+    from components.stage import StageError
+    from flows.pipeline import reproduce_stage, stage_order
+
+    stages = stage_order(root)
+    for stage in stages[:stages.index("augment") + 1]:
+        reproduce_stage(str(root), stage)
+    try:
+        return tune_before_training(root, f"{params.package.model_name}-{stamp}", params.schedule.tune_timeout_s)
+    except StageError as exc:
+        raise StageFailed(f"schedule.tune: the search could not run: {exc}", "tune") from None
 
 
 @flow(name=FLOW_NAME, log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
@@ -344,10 +385,13 @@ def scheduled_run(root: str = ".") -> dict[str, Any]:
             notify(params, {"event": "drift", "model": watched["model"], "reason": watched["reason"],
                             "report": watched["report"], "project": str(root_path)})
         stale = stale_stages()
-        result, failure = None, None
+        result, failure, tuned = None, None, None
         if stale:
             logger.info("stale in DVC: %s; running the pipeline", stale)
             try:
+                if params.schedule.tune:
+                    tuned = search_first(params, root_path, stamp)
+                    params = load_params()  # with the applied params, for the record
                 result = pipeline(root=str(root_path))
             except StageFailed as exc:
                 failure = failure_message(params, exc)
@@ -357,7 +401,7 @@ def scheduled_run(root: str = ".") -> dict[str, Any]:
         if stale:
             run["remote"] = push.with_options(**io_options)(params)
         run["duration_s"] = round(time.monotonic() - clock, 1)
-        record = build_record(params, run, intake, result, failure, watched)
+        record = build_record(params, run, intake, result, failure, watched) | {"tune": tuned}
         if stale and params.schedule.commit:
             record["git_tag"] = f"{TAG_PREFIX}{stamp}"
         path = write_record(params, record)

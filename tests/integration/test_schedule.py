@@ -60,9 +60,10 @@ def scheduled(tmp_path_factory: pytest.TempPathFactory, project_root: Path, pref
     project = make_project(work / "project", project_root)
     shutil.copy2(project_root / "prefect.yaml", project / "prefect.yaml")
     # a dozen optimiser steps: this module trains twice (the scheduled run, and its rebuild in a clone)
-    set_params(project, {"train": {"max_steps": 12},
+    # and a search of two trials (the default recipe and one more) before each retraining
+    set_params(project, {"train": {"max_steps": 12}, "tune": {"trials": 2, "heartbeat_s": 1},
                          "schedule": {"remote": str(work / "dvc-remote"), "notify_webhook": webhook,
-                                      "io_retry_delay_s": 0.5}})
+                                      "io_retry_delay_s": 0.5, "tune": True}})
     assert sh(project, "git", "add", "-A").returncode == 0
     assert sh(project, "git", "commit", "-q", "-m", "scheduled runs to a remote").returncode == 0
     env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(), "BENTOML_HOME": str(work / "bentoml"),
@@ -178,7 +179,13 @@ def test_a_scheduled_run_takes_new_rows_retrains_promotes_pushes_and_records(sch
     assert record["model_tag"] and record["champion"] == record["model_tag"] == champion(project, env)
     # the record: data version (accepted rows and prepared splits), params, metrics, code revision
     assert set(record["data_version"]) == {"data/raw/accepted", "data/prepared", "data/augmented"}
-    assert record["params"]["train"]["learning_rate"] == 1.0e-4
+    # the search ran on the new data before training; its best params were trained if they beat the default
+    tuned = record["tune"]
+    assert tuned["study"].startswith("tuneline-text-") and tuned["trials"]["COMPLETE"] + tuned["trials"]["PRUNED"] == 2
+    assert tuned["applied"] == (not tuned["best"]["default"] and tuned["best"]["val_macro_f1"] >
+                                tuned["baseline"]["val_macro_f1"])
+    trained = tuned["best"]["params"] if tuned["applied"] else {}
+    assert record["params"]["train"]["learning_rate"] == trained.get("train.learning_rate", 1.0e-4)
     test_metrics = json.loads((project / "metrics/test.json").read_text())["model"]
     assert record["metrics"]["macro"] == test_metrics["macro"]
     assert record["code_revision"] != "unknown" and not record["code_revision"].endswith("+dirty")
