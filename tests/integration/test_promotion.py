@@ -102,9 +102,10 @@ def test_a_significantly_better_candidate_is_promoted(promoted: dict, home: Path
     ("name", "overrides", "expected"),
     [
         # Labels shuffled: the model can only learn noise.
-        ("shuffled labels", {"data": {"path": "data/raw/shuffled.csv", "max_rows": None}}, ["macro f1"]),
-        # A learning rate that blows the weights up: the model collapses.
-        ("diverging learning rate", {"train": {"learning_rate": 1.0}}, ["no collapse"]),
+        ("shuffled labels", {"data": {"path": "data/raw/shuffled.csv", "max_rows": None}, "train": {"max_steps": 16}},
+         ["macro f1"]),
+        # A learning rate that blows the weights up: the model collapses (a few steps are enough).
+        ("diverging learning rate", {"train": {"learning_rate": 1.0, "max_steps": 8}}, ["no collapse"]),
     ],
 )
 def test_broken_candidates_are_refused_and_the_champion_stays(promoted: dict, env: dict[str, str], home: Path,
@@ -182,7 +183,9 @@ def test_experiments_diff_metrics_and_plots_without_noise(promoted: dict, env: d
     assert sh(project, "git", "commit", "-q", "-m", "champion run").returncode == 0
 
     # Up to evaluate only: an experiment is scored, not packaged.
-    exp = dvc(project, "exp", "run", "evaluate", "-S", "train.learning_rate=3e-4", "-n", "faster", env=env)
+    # 30 steps: past the first loss logged (train.logging_steps 25), so the experiment has a training curve too
+    exp = dvc(project, "exp", "run", "evaluate", "-S", "train.learning_rate=3e-4", "-S", "train.max_steps=30",
+              "-n", "faster", env=env)
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
 
     diff = json.loads(dvc(project, "metrics", "diff", "HEAD", "faster", "--json", env=env).stdout)
