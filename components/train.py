@@ -255,16 +255,17 @@ def main() -> None:
             if os.environ.get(LAUNCHED):
                 raise StageError(f"{p.train.launcher} started the stage without a distributed environment "
                                  "(no WORLD_SIZE); try train.launcher: torchrun")
+            rank = node_rank(p.train)
             if p.model.freeze_backbone and p.train.feature_cache:
                 log.info("train.num_processes %d on %d node(s), but a linear probe on cached features needs one "
                          "process (on node 0)", p.train.num_processes, p.train.nnodes)
-                if p.train.nnodes > 1 and node_rank(p.train) != 0:
-                    log.info("this is node %s: nothing to do here", node_rank(p.train))
+                if p.train.nnodes > 1 and rank != 0:
+                    log.info("this is node %s: nothing to do here", rank)
                     return None
             else:
                 command = launch_command(p.train)
-                log.info("launching %d process(es) on node %s of %d: %s", p.train.num_processes,
-                         node_rank(p.train), p.train.nnodes, " ".join(command))
+                log.info("launching %d process(es) on node %s of %d: %s", p.train.num_processes, rank,
+                         p.train.nnodes, " ".join(command))
                 code = subprocess.call(command, env={**os.environ, LAUNCHED: "1"})
                 if code:
                     raise StageError(f"the {p.train.num_processes} training processes ({p.train.launcher}) exited "

@@ -235,6 +235,17 @@ def baseline_on_val(modality: modalities.Modality, paths: Any) -> dict[str, Any]
     return {"name": name, "val_macro_f1": round(float(scores["macro"]["f1"]), 6)}
 
 
+def outcome(summary: dict[str, Any]) -> str:
+    """What a finished search says to do with its best trial: "none" (no trial finished), "baseline" (none beat
+    the baseline on val, so the gate would refuse it too), "default" (params.yaml as it is was best) or "apply"."""
+    best = summary["best"]
+    if best is None:
+        return "none"
+    if best["val_macro_f1"] <= summary["baseline"]["val_macro_f1"]:
+        return "baseline"
+    return "default" if best["default"] else "apply"
+
+
 def summarise(study: optuna.Study, params: Params, wanted: int) -> dict[str, Any]:
     """The study in figures: trials by state, the best finished trial's params and val macro-F1."""
     trials = study.get_trials(deepcopy=False)

@@ -226,12 +226,12 @@ def tune_before_training(root: Path, study: str, timeout_s: float) -> dict[str, 
 
     summary = tune.run(load_params(), timeout_s=timeout_s, study_name=study)
     best, baseline = summary["best"], summary["baseline"]
-    applied = bool(best and not best["default"] and best["val_macro_f1"] > baseline["val_macro_f1"])
+    outcome = tune.outcome(summary)
+    applied = outcome == "apply"
     if applied:
         tune.apply(root / PARAMS_FILE, best["params"])
     get_run_logger().info("search %s: %s; %s", study, summary["trials"],
-                          f"applied {best['params']}" if applied else
-                          "the default recipe stays" if best else "no trial finished; the default recipe stays")
+                          f"applied {best['params']}" if applied else f"params.yaml stays (best: {outcome})")
     return {"study": study, "trials": summary["trials"], "best": best, "baseline": baseline, "applied": applied}
 
 

@@ -100,19 +100,18 @@ def _tune(args: argparse.Namespace) -> int:
           f"storage {params.tune.storage}) ==")
     print(f"table of trials: {here / params.paths.tune_report} (rows: {here / params.paths.tune_trials}; plot: "
           f"dvc plots show {params.paths.tune_trials} -x trial -y val_macro_f1)")
-    best = summary["best"]
-    if best is None:
+    best, baseline, outcome = summary["best"], summary["baseline"], tune.outcome(summary)
+    if outcome == "none":
         print("no trial finished; nothing to apply")
         return 1
     print(f"best: trial {best['trial']}, val macro-F1 {best['val_macro_f1']:.4f}: "
           f"{'params.yaml as it is (the default recipe)' if best['default'] else best['params']}")
-    baseline = summary["baseline"]
-    if best["val_macro_f1"] <= baseline["val_macro_f1"]:
+    if outcome == "baseline":
         print(f"no trial beat the {baseline['name']} on val ({baseline['val_macro_f1']:.4f}): the gate would refuse "
               f"these params too; widen tune.space, raise tune.trials, or look at the data")
         return 1
     print(f"{baseline['name']} on val: {baseline['val_macro_f1']:.4f} (the gate compares them on test)")
-    if best["default"]:
+    if outcome == "default":
         print("the default recipe (params.yaml as it is) was best: nothing to apply; `dvc repro` trains it")
         return 0
     settings = " ".join(f"-S '{key}={value}'" for key, value in best["params"].items())

@@ -42,3 +42,15 @@ def test_apply_writes_the_values_and_keeps_comments_and_nulls(tmp_path: Path) ->
     assert re.search(r"learning_rate: 3.5e-05 +# AdamW's", text) and "labels: null           # every label" in text
     assert yaml.safe_load(text) == {"train": {"learning_rate": 3.5e-05, "seed": 42}, "model": {"head": {"type": "mlp"}},
                                     "data": {"labels": None}}
+
+
+@pytest.mark.parametrize(("best", "expected"), [
+    (None, "none"),
+    ({"val_macro_f1": 0.70, "default": False}, "baseline"),
+    ({"val_macro_f1": 0.80, "default": True}, "default"),
+    ({"val_macro_f1": 0.80, "default": False}, "apply"),
+])
+def test_what_a_search_says_to_do_with_its_best_trial(best, expected) -> None:
+    from components.tune import outcome
+
+    assert outcome({"best": best, "baseline": {"val_macro_f1": 0.75}}) == expected
