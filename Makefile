@@ -78,8 +78,11 @@ serve-audio: install  ## serve the speech champion (POST /classify_audio) on 127
 schedule: install  ## serve the scheduled retraining (schedule.cron); a local Prefect server on 127.0.0.1:4200 unless PREFECT_API_URL is set
 	$(VENV)/bin/tuneline schedule
 
-test: install  ## run the whole test suite (unit and integration)
-	$(PY) -m pytest -p no:cacheprovider
+# Two worker processes (pytest-xdist), each with its share of the cores (tests/conftest.py): the suite's tests
+# spend a good part of their time in single-threaded work (imports, DVC, HTTP), which the second worker fills.
+TEST_WORKERS ?= 2
+test: install  ## run the whole test suite (unit and integration; TEST_WORKERS=2 processes)
+	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS)
 
 test-unit: install  ## run the unit tests only
 	$(PY) -m pytest -p no:cacheprovider tests/unit

@@ -73,6 +73,9 @@ def promoted(tmp_path_factory: pytest.TempPathFactory, project_root: Path, env: 
     second = repro(project, env, GOOD)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     good = json.loads((project / "models/packaged.json").read_text())["tag"]
+    # The champion's run, committed as a user would: the experiment in the last test is compared with it.
+    assert sh(project, "git", "add", "-A").returncode == 0
+    assert sh(project, "git", "commit", "-q", "-m", "champion run").returncode == 0
     return {"project": project, "weak": weak, "good": good, "output": second.stdout + second.stderr,
             "verdict": json.loads((project / "metrics/gate.json").read_text())}
 
@@ -176,11 +179,13 @@ def test_serve_answers_with_the_champion_and_rollback_brings_the_last_one_back(
 
 def test_experiments_diff_metrics_and_plots_without_noise(promoted: dict, env: dict[str, str]) -> None:
     project = promoted["project"]
-    set_params(project, GOOD)
-    rerun = dvc(project, "repro", env=env)  # the champion's params again: the same model, so kept, not refused
-    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert sh(project, "git", "add", "-A").returncode == 0
-    assert sh(project, "git", "commit", "-q", "-m", "champion run").returncode == 0
+    # Back to the committed champion run, as a user would after the refused candidates: git for params, dvc.lock
+    # and metrics, `dvc checkout` for the data and model folders; nothing is out of date and nothing retrains.
+    (project / "data/raw/shuffled.csv").unlink(missing_ok=True)
+    assert sh(project, "git", "reset", "-q", "--hard", "HEAD").returncode == 0
+    assert dvc(project, "checkout", "--force", env=env).returncode == 0
+    status = dvc(project, "status", "--json", env=env)
+    assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout + status.stderr
 
     # Up to evaluate only: an experiment is scored, not packaged.
     # 30 steps: past the first loss logged (train.logging_steps 25), so the experiment has a training curve too

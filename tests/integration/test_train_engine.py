@@ -188,7 +188,6 @@ RESUMABLE = {"epochs": 3, "batch_size": 8, "early_stopping_patience": 0, "loggin
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(prepared: Path, augmented: Path, tmp_path: Path) -> None:
     straight = stage_project(tmp_path / "straight", prepared, augmented, RESUMABLE)
-    again = stage_project(tmp_path / "again", prepared, augmented, RESUMABLE)
     killed = stage_project(tmp_path / "killed", prepared, augmented, RESUMABLE)
     finish(start_stage(straight))
 
@@ -207,12 +206,10 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(prepared: Path, aug
     per_epoch = -(-len(read_split(augmented, "train")) // 8)
     assert "resuming from" in resumed and f"checkpoint-{per_epoch}" in resumed  # the end of epoch 1
 
-    finish(start_stage(again))  # repeatability: the same params and data, a second uninterrupted run
-    expected = read_json(straight / "metrics" / "train.json")
-    weights = (straight / "models" / "candidate" / "model.safetensors").read_bytes()
-    for other in (killed, again):
-        assert read_json(other / "metrics" / "train.json") == expected
-        assert (other / "models" / "candidate" / "model.safetensors").read_bytes() == weights
+    # Bit for bit the uninterrupted run's model and figures (which also shows that training repeats exactly)
+    assert read_json(killed / "metrics" / "train.json") == read_json(straight / "metrics" / "train.json")
+    assert (killed / "models" / "candidate" / "model.safetensors").read_bytes() == \
+        (straight / "models" / "candidate" / "model.safetensors").read_bytes()
     assert not any(checkpoints.iterdir())  # finished: nothing left to resume
     loss_curve = killed / "metrics" / "train" / "plots" / "metrics" / "loss.tsv"
     header, *rows = loss_curve.read_text().splitlines()
