@@ -129,6 +129,7 @@ class ServerRun:
     cold_start_s: float
     peak_rss_bytes: int
     runtime: str = "pytorch"  # what /model said runs the network
+    layout: str = "single"  # serve.layout, as /model said it
     points: dict[int, WrkResult] = field(default_factory=dict)
     times: dict[int | str, ServerTimes] = field(default_factory=dict)
     lone: WrkResult | None = None
@@ -365,15 +366,16 @@ def measure_raw(model_dir: Path, texts: list[str], seconds: float,
     ), time_probe
 
 
-def params_copy(folder: Path, batching: bool, runtime: str = "auto") -> Path:
-    """A copy of the project's params.yaml with serve.batching and serve.runtime set, for TUNELINE_PARAMS."""
+def params_copy(folder: Path, batching: bool, runtime: str = "auto", layout: str = "auto") -> Path:
+    """A copy of the project's params.yaml with serve.batching, serve.runtime and serve.layout set, for
+    TUNELINE_PARAMS."""
     import yaml
 
     from components.config import PARAMS_FILE
 
     raw = yaml.safe_load((PROJECT_ROOT / PARAMS_FILE).read_text(encoding="utf-8"))
-    raw.setdefault("serve", {}).update(batching=batching, runtime=runtime)
-    path = folder / f"params-batching-{'on' if batching else 'off'}-{runtime}.yaml"
+    raw.setdefault("serve", {}).update(batching=batching, runtime=runtime, layout=layout)
+    path = folder / f"params-batching-{'on' if batching else 'off'}-{runtime}-{layout}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
 
@@ -506,20 +508,22 @@ def scrape(url: str) -> dict[str, tuple[float, float]]:
 
 def serve_and_load(batching: bool, tag: str, texts: list[str], wrk: str, script: Path, lone_script: Path,
                    work: Path, concurrencies: list[int], duration: int, warmup: int, server_warmup: float,
-                   time_probe: Callable[[int], list[float]], probe_calls: int, runtime: str = "auto") -> ServerRun:
-    """Start a server with batching on or off (serve.runtime `runtime`), warm it up, load it at each concurrency,
-    then with the lone client, timing `probe_calls` raw forwards of the probe around it (the server idle
-    meanwhile); always stop it."""
+                   time_probe: Callable[[int], list[float]], probe_calls: int, runtime: str = "auto",
+                   layout: str = "auto") -> ServerRun:
+    """Start a server with batching on or off (serve.runtime `runtime`, serve.layout `layout`), warm it up, load it
+    at each concurrency, then with the lone client, timing `probe_calls` raw forwards of the probe around it (the
+    server idle meanwhile); always stop it."""
     import httpx
 
     state = "on" if batching else "off"
-    print(f"--- bentoml serve, adaptive batching {state}, serve.runtime {runtime}", flush=True)
-    log_path = work / f"serve-batching-{state}-{runtime}.log"
-    process, url, cold_start = start_server(tag, params_copy(work, batching, runtime), log_path)
+    print(f"--- bentoml serve, adaptive batching {state}, serve.runtime {runtime}, serve.layout {layout}", flush=True)
+    log_path = work / f"serve-batching-{state}-{runtime}-{layout}.log"
+    process, url, cold_start = start_server(tag, params_copy(work, batching, runtime, layout), log_path)
     points, times, lone, lone_raw = {}, {}, None, []
     try:
-        served_by = httpx.get(f"{url}/model", timeout=30).json().get("runtime", "pytorch")
-        print(f"    ready in {cold_start:.1f} s, the network run by {served_by}", flush=True)
+        described = httpx.get(f"{url}/model", timeout=30).json()
+        served_by, laid_out = described.get("runtime", "pytorch"), described.get("layout", "single")
+        print(f"    ready in {cold_start:.1f} s, the network run by {served_by}, layout {laid_out}", flush=True)
         with RssSampler(process.pid) as rss:
             # BentoML's adaptive batcher spends its first seconds learning its dispatch times from batches of 1, 2
             # and 3 and then refits every 5 s; a few requests of that phase take 10x longer. Run it in first, at
@@ -550,7 +554,7 @@ def serve_and_load(batching: bool, tag: str, texts: list[str], wrk: str, script:
     finally:
         stop_server(process)
     return ServerRun(batching=batching, cold_start_s=cold_start, peak_rss_bytes=rss.peak, points=points,
-                     times=times, lone=lone, lone_raw=lone_raw, runtime=served_by)
+                     times=times, lone=lone, lone_raw=lone_raw, runtime=served_by, layout=laid_out)
 
 
 def _ms(seconds: float | None) -> str:
@@ -573,14 +577,14 @@ def report(raw: RawFigures, runs: list[ServerRun], setup: list[str]) -> str:
              "",
              "served: bentoml serve on 127.0.0.1, ONE text per request (texts/s = 2xx responses/s); 'lone' is one",
              "client sending the probe text alone; queue, model and server: the server's mean ms per request",
-             f"{'batching':<20}{'conc':>5}{'req/s':>9}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
+             f"{'batching':<26}{'conc':>5}{'req/s':>9}{'texts/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
              f"{'sock err':>9}{'queue':>8}{'model':>8}{'server':>8}"]
     for run in runs:
         for point_name, point in [*run.points.items(), (LONE, run.lone)]:
             if point is None:
                 continue
             took = run.times.get(point_name, ServerTimes(None, None, None))
-            lines.append(f"{_name(run):<20}{point_name:>5}{point.requests_per_s:>9.1f}"
+            lines.append(f"{_name(run):<26}{point_name:>5}{point.requests_per_s:>9.1f}"
                          f"{point.ok_per_s:>9.1f}{_ms(point.p50):>9}{_ms(point.p99):>9}{point.non_2xx:>9}"
                          f"{sum(point.socket_errors.values()):>9}{_ms(took.queue):>8}{_ms(took.model):>8}"
                          f"{_ms(took.request):>8}")
@@ -600,21 +604,24 @@ def report(raw: RawFigures, runs: list[ServerRun], setup: list[str]) -> str:
             lines.append(f"  raw forward of the probe beside the lone point, batching {_name(run)}: median "
                          f"{_ms(run.lone_raw_percentile(50))} ms, p99 {_ms(run.lone_raw_percentile(99))} ms "
                          f"({len(run.lone_raw)} calls, half before it and half after)")
-    lines += ["", f"{'server start':<29}{'cold start to ready':>21}{'peak RSS under load':>21}"]
+    lines += ["", f"{'server start':<35}{'cold start to ready':>21}{'peak RSS under load':>21}"]
     for run in runs:
-        lines.append(f"{'batching ' + _name(run):<29}{run.cold_start_s:>19.1f} s"
+        lines.append(f"{'batching ' + _name(run):<35}{run.cold_start_s:>19.1f} s"
                      f"{run.peak_rss_bytes / 1024**3:>19.2f} GB")
     lines += ["", *ratios(raw, runs)]
     return "\n".join(lines)
 
 
 def _name(run: ServerRun) -> str:
-    return f"{'on' if run.batching else 'off'}, {run.runtime}"
+    return f"{'on' if run.batching else 'off'}, {run.runtime}, {run.layout}"
 
 
 def ratios(raw: RawFigures, runs: list[ServerRun]) -> list[str]:
     """The ratios against their targets (at the highest and the lowest concurrency measured). The run with the
-    faster runtime and batching on leads, where one served; the PyTorch run with batching on otherwise."""
+    faster runtime and batching on leads, where one served; the PyTorch run with batching on otherwise. Runs in the
+    other layout (--layouts) are compared with it on their own line."""
+    other_layouts = [run for run in runs[1:] if run.layout != runs[0].layout]
+    runs = [run for run in runs if run.layout == runs[0].layout]
     fast = next((run for run in runs if run.batching and run.runtime != "pytorch"), None)
     torch_on = next((run for run in runs if run.batching and run.runtime == "pytorch"), None)
     on = fast or torch_on
@@ -657,6 +664,11 @@ def ratios(raw: RawFigures, runs: list[ServerRun]) -> list[str]:
     if off is not None and off.lone is not None and off.lone.p99 is not None:
         median = off.lone_raw_percentile(50) or raw.probe_latency_p50
         lines.append(f"  batching off, for reference: {off.lone.p99 / median:.2f}")
+    for run in other_layouts:
+        if high in run.points and on.points[high].ok_per_s:
+            lines.append(f"served texts/s at concurrency {high}, batching on, layout {run.layout} / layout "
+                         f"{on.layout}: {run.points[high].ok_per_s / on.points[high].ok_per_s:.2f} ({run.runtime}, "
+                         f"{len(run.points)} points)")
     if on.points[low].p99 is not None:
         lines.append(f"p99 at concurrency {low} over all the texts, batching on / p99 of the raw one-text calls over "
                      f"them: {on.points[low].p99 / raw.single_latency_p99:.2f} (their lengths spread both)")
@@ -718,6 +730,8 @@ def main() -> None:
     parser.add_argument("--n-texts", type=int, default=512, help="texts to cycle through (default 512)")
     parser.add_argument("--texts", type=Path, help="a file of texts, one per line, instead of the built-in corpus")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample of the built-in corpus")
+    parser.add_argument("--layouts", nargs="*", choices=["single", "split"], default=[],
+                        help="also serve in these layouts (batching on), beside the one serve.layout auto picks")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model-dir", type=Path, help="serve this trained model folder (the train stage's layout)")
     model.add_argument("--random-init", action="store_true",
@@ -780,6 +794,9 @@ def main() -> None:
         runs = [serve_and_load(batching, tag, texts, wrk, script, lone_script, work, concurrencies, args.duration,
                                args.warmup, args.server_warmup, time_probe, args.single_calls, runtime)
                 for batching, runtime in plan]
+        runs += [serve_and_load(True, tag, texts, wrk, script, lone_script, work, concurrencies, args.duration,
+                                args.warmup, args.server_warmup, time_probe, args.single_calls, "auto", layout)
+                 for layout in dict.fromkeys(args.layouts) if layout != runs[0].layout]
 
     setup = [f"model: {tag}: {what}",
              f"texts: {len(texts)} from {source}, median {raw.median_tokens:.0f} tokens "

@@ -380,7 +380,9 @@ class ServeParams(Block):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 4_000_000
     batching: bool = True
     runtime: Literal["auto", "pytorch"] = "auto"  # auto: the faster runtime package kept, if any; pytorch: never
-    workers: Annotated[int, Field(ge=1, le=64)] = 1  # HTTP worker processes, each with its own model copy
+    workers: Annotated[int, Field(ge=1, le=64)] = 1  # HTTP worker processes (single: each with its own model copy)
+    layout: Literal["auto", "single", "split"] = "auto"  # split: API workers in front of one model process; auto:
+    # split on a CUDA machine, single otherwise
     batch_gather: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     top_k: Annotated[int, Field(ge=1)] = 3
     access_log: bool = True

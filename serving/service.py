@@ -18,13 +18,10 @@ BentoML's /livez, /readyz, /metrics and /docs (OpenAPI) stay on and need no key.
 
 from __future__ import annotations
 
-import gc
 import hmac
 import logging
 import os
 import random
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,13 +31,12 @@ from fastapi import FastAPI
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
-from components import fastpath, modalities
+from components import modalities
 from components.config import PARAMS_FILE, Params, load_params, parse_params
-from components.monitor import log_served
 from components.predict import ranked_labels
 from components.registry import champion
 from serving import timeout_fix
-from serving.batching import GreedyBatcher
+from serving.runner import ModelRunner
 
 timeout_fix.patch()  # BentoML's request timeout kept every request alive for 60 s after its answer
 
@@ -48,6 +44,7 @@ MODEL_TAG_ENV = "TUNELINE_MODEL_TAG"
 PARAMS_ENV = "TUNELINE_PARAMS"
 API_KEY_ENV = "TUNELINE_API_KEY"
 MONITOR_DIR_ENV = "TUNELINE_MONITOR_DIR"
+LAYOUT_ENV = "TUNELINE_SERVE_LAYOUT"  # overrides serve.layout; `tuneline build` sets split, so a Bento holds both
 CLASSIFY_ROUTE = modalities.get("text").route  # each modality names the route that takes its items
 CLASSIFY_IMAGE_ROUTE = modalities.get("image").route
 CLASSIFY_AUDIO_ROUTE = modalities.get("audio").route
@@ -168,7 +165,9 @@ class ModelInfo(BaseModel):
     decision: str | None = Field(None, description="the gate's decision when it was packaged")
     batching: bool
     device: str
-    workers: int = Field(1, description="HTTP worker processes, each with its own copy of the model")
+    workers: int = Field(1, description="HTTP worker processes (layout single: each with its own copy of the model)")
+    layout: str = Field("single", description="single: each worker runs the model; split: the workers parse and "
+                                              "answer requests, one model process batches them on the device")
     runtime: str = Field("pytorch", description="what runs the network: pytorch, or the faster runtime the package "
                                                 "stage exported and gated (onnx-int8, onnx)")
     runtime_reason: str | None = Field(None, description="why this runtime: the parity gate's figures, or why the "
@@ -342,105 +341,121 @@ def _overloaded() -> Exception:
     )
 
 
-texts_per_batch = bentoml.metrics.Histogram(
-    name="tuneline_batch_texts",
-    documentation="Texts per call of the model: concurrent requests merged by adaptive batching",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-)
-_SECONDS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-queue_seconds = bentoml.metrics.Histogram(
-    name="tuneline_queue_seconds",
-    documentation="Seconds a request waited for the model to start on it (behind the forward pass in progress)",
-    buckets=_SECONDS_BUCKETS,
-)
-model_seconds = bentoml.metrics.Histogram(
-    name="tuneline_model_seconds",
-    documentation="Seconds per call of the model: tokenising, forward passes and softmax for one merged batch",
-    buckets=_SECONDS_BUCKETS,
-)
+def _serving_layout() -> str:
+    """serve.layout (or TUNELINE_SERVE_LAYOUT), with auto resolved: split on a machine with a CUDA device (the model
+    on it, HTTP in the API workers), single otherwise."""
+    layout = os.environ.get(LAYOUT_ENV) or _serve.layout
+    if layout not in ("auto", "single", "split"):
+        raise RuntimeError(f"{LAYOUT_ENV}={layout!r}: the serving layout is auto, single or split")
+    if layout != "auto":
+        return layout
+    import torch
+
+    return "split" if torch.cuda.is_available() else "single"
+
+
+LAYOUT = _serving_layout()
+# The stored model to serve: TUNELINE_MODEL_TAG, else the Bento's recorded `model` argument, else the champion (the
+# registry's pointer), else the newest stored one.
+_MODEL_REFERENCE = (os.environ.get(MODEL_TAG_ENV) or getattr(bentoml.use_arguments(), "model", None)
+                    or champion(_params.package.model_name) or f"{_params.package.model_name}:latest")
+_LOGGING = {"access": {"enabled": _serve.access_log}}
+_MONITORING = {"enabled": _monitor.log, "type": "default", "options": {"log_path": str(_monitor_dir)}}
+
+
+def _stored(service: Any) -> Any:
+    """The stored model a service class declares, or an error that says how to get it into the store."""
+    reference = _model_tag(service)
+    stored = bentoml.models.BentoModel(reference).stored
+    if stored is None:
+        raise RuntimeError(
+            f"model {reference} is not in the BentoML model store at "
+            f"{os.environ.get('BENTOML_HOME', '~/bentoml')}; run the pipeline up to the package stage, "
+            f"point BENTOML_HOME at the store that holds it, or set {MODEL_TAG_ENV} to a stored tag"
+        )
+    return stored
+
+
+def _sampled() -> bool:
+    return _monitor.log and random.random() < _monitor.sample
+
+
+@bentoml.service(name="tuneline-model", workers=1, logging=_LOGGING, monitoring=_MONITORING)
+class TunelineModel:
+    """serve.layout split: the one process that holds the model on the device and batches what the API workers send.
+    It listens on a socket of its own (a Unix socket under `bentoml serve`), never on serve.host/port."""
+
+    model = bentoml.models.BentoModel(_MODEL_REFERENCE)
+
+    def __init__(self) -> None:
+        stored = _stored(TunelineModel)
+        self.model_tag = str(stored.tag)
+        self.runner = ModelRunner(Path(stored.path), _params, _overloaded)
+        logger.info("serving %s with %s: %s", self.model_tag, self.runner.runtime["runtime"],
+                    self.runner.runtime["reason"])
+
+    @bentoml.api
+    async def probabilities(self, items: list[Any], log: bool = False) -> list[list[float]]:
+        """One request's decoded items (validated by the API worker) -> their probabilities; `log`: the API worker
+        sampled this request for monitoring."""
+        probabilities = await self.runner.probabilities(items)
+        if log:
+            self.runner.log_served(self.model_tag, items, probabilities, _monitor.log_text, _monitor_dir)
+        return probabilities.tolist()
+
+    @bentoml.api
+    def describe(self) -> dict[str, str]:
+        """What GET /model says of the network: its device and runtime, and why that runtime."""
+        return {"device": self.runner.device, "runtime": self.runner.runtime["runtime"],
+                "reason": self.runner.runtime["reason"]}
 
 
 @bentoml.asgi_app(info_app)
 @bentoml.service(name="tuneline", workers=_serve.workers, http={"host": _serve.host, "port": _serve.port},
-                 logging={"access": {"enabled": _serve.access_log}},
-                 monitoring={"enabled": _monitor.log, "type": "default", "options": {"log_path": str(_monitor_dir)}})
+                 logging=_LOGGING, monitoring=_MONITORING)
 class TunelineService:
-    """Classifies texts with the model the pipeline's package stage put in the BentoML model store."""
+    """Classifies texts with the model the pipeline's package stage put in the BentoML model store.
 
-    # At class scope, so that `bentoml build` records the model and carries it into the Bento: the champion (the
-    # registry's pointer), unless TUNELINE_MODEL_TAG or the Bento's recorded `model` argument names another; the
-    # newest stored one if none was promoted.
-    model = bentoml.models.BentoModel(os.environ.get(MODEL_TAG_ENV) or getattr(bentoml.use_arguments(), "model", None)
-                                      or champion(_params.package.model_name)
-                                      or f"{_params.package.model_name}:latest")
+    serve.layout single: each of serve.workers processes holds the model and answers HTTP. split: serve.workers API
+    processes parse, check and normalise requests and answer them; one TunelineModel process runs the network.
+    """
+
+    # At class scope, so that `bentoml build` records the model and carries it into the Bento.
+    model = bentoml.models.BentoModel(_MODEL_REFERENCE)
+    if LAYOUT == "split":
+        model_service = bentoml.depends(TunelineModel)
 
     def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        reference = _model_tag()
-        stored = bentoml.models.BentoModel(reference).stored
-        if stored is None:
-            raise RuntimeError(
-                f"model {reference} is not in the BentoML model store at "
-                f"{os.environ.get('BENTOML_HOME', '~/bentoml')}; run the pipeline up to the package stage, "
-                f"point BENTOML_HOME at the store that holds it, or set {MODEL_TAG_ENV} to a stored tag"
-            )
+        stored = _stored(TunelineService)
         self.model_tag = str(stored.tag)  # name:latest resolved, so answers name the exact model
-        _share_cpu_threads(_serve.workers)
-        # what the stored model classifies (its tuneline.json), with the params' block for it (request limits)
-        self.modality = modalities.for_model(stored.path, _params)
-        # The faster runtime the package stage exported and gated, where it may serve; PyTorch otherwise.
-        self.classifier, runtime = fastpath.load_served(self.modality, Path(stored.path), "auto",
-                                                        allowed=_serve.runtime == "auto")
-        logger.info("serving %s with %s: %s", self.model_tag, runtime["runtime"], runtime["reason"])
-        self.info = _model_info(self.model_tag, stored, self.classifier).model_copy(
-            update={"runtime": runtime["runtime"], "runtime_reason": runtime["reason"]})
-        # One forward pass at a time (two at once would only split the same cores between them), always in the same
-        # thread: torch keeps per-thread state (the OpenMP team on a CPU, the cuBLAS handle on a GPU) warm there.
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneline-model")
-        self._batched = None
-        if _serve.batching:
-            # Whole requests per call, up to max_texts_per_request texts; serve.max_batch_size bounds each forward.
-            self._batched = GreedyBatcher(self._predict_batches,
-                                          max_texts=max(_serve.max_texts_per_request, _serve.max_batch_size),
-                                          max_latency_s=_serve.max_latency_ms / 1000, overloaded=_overloaded,
-                                          on_batch=texts_per_batch.observe, on_wait=queue_seconds.observe,
-                                          executor=self._model_thread,
-                                          gather=_serve.batch_gather, full_texts=_serve.max_batch_size)
-        # A first forward pass, in the model thread, before the server reports ready: its one-off set-up (lazy
-        # imports, the thread team, kernel choices) is not a user's request's to wait for.
-        self._model_thread.submit(self.classifier.predict_proba, [self.modality.warm_up_input(self.classifier)],
-                                  1).result()
-        # torch, transformers and the model leave millions of long-lived objects behind, and each full collection of
-        # the garbage collector walks them all: measured, 100-280 ms pauses that stall whichever requests are in
-        # flight. Move them out of its reach; what requests allocate is still collected.
-        gc.collect()
-        gc.freeze()
+        self.runner: ModelRunner | None = None
+        if LAYOUT == "single":
+            self.runner = ModelRunner(Path(stored.path), _params, _overloaded, processes=_serve.workers)
+            self.modality, self.labels = self.runner.modality, self.runner.labels
+            runtime = self.runner.runtime
+            logger.info("serving %s with %s: %s", self.model_tag, runtime["runtime"], runtime["reason"])
+            self.info = _model_info(self.model_tag, stored, self.labels, self.runner.device).model_copy(
+                update={"runtime": runtime["runtime"], "runtime_reason": runtime["reason"]})
+        else:  # the API worker checks requests against the model's modality; the network lives in TunelineModel
+            from components.predict import read_meta
 
-    def _predict(self, texts: list[Any]) -> np.ndarray:
-        """The model's probabilities for these texts (length-sorted forward passes); timed for /metrics."""
-        started = time.perf_counter()
-        probabilities = self.classifier.predict_proba(texts, batch_size=_serve.max_batch_size)
-        model_seconds.observe(time.perf_counter() - started)
-        return probabilities
+            self.modality = modalities.for_model(stored.path, _params)
+            self.labels = list(read_meta(stored.path)["labels"])
+            self.info = None  # completed from TunelineModel on the first GET /model
+            self._stored = stored
 
-    def _predict_batches(self, batches: Sequence[list[str]]) -> list[np.ndarray]:
-        """The texts of several requests in one call, split back per request."""
-        probabilities = self._predict([text for batch in batches for text in batch])
-        return np.split(probabilities, np.cumsum([len(batch) for batch in batches])[:-1])
+    async def _probabilities(self, items: list[Any], log: bool) -> np.ndarray:
+        if self.runner is not None:
+            probabilities = await self.runner.probabilities(items)
+            if log:
+                self.runner.log_served(self.model_tag, items, probabilities, _monitor.log_text, _monitor_dir)
+            return probabilities
+        from bentoml.exceptions import BentoMLException
 
-    def _predict_queued(self, texts: list[Any], queued: float) -> np.ndarray:
-        queue_seconds.observe(time.monotonic() - queued)
-        return self._predict(texts)
-
-    async def _probabilities(self, texts: list[Any]) -> np.ndarray:
-        if self._batched is not None:
-            return await self._batched(texts)
-        import asyncio
-
-        texts_per_batch.observe(len(texts))
-        return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._predict_queued, texts,
-                                                                time.monotonic())
+        try:
+            return np.asarray(await self.model_service.probabilities(items, log), dtype=np.float32)
+        except BentoMLException as exc:  # the model service's refusal (a 503 when overloaded) with its own message
+            raise type(exc)(_message_of(str(exc)), error_code=exc.error_code) from None
 
     @bentoml.api(route=CLASSIFY_ROUTE, input_spec=ClassifyRequest, output_spec=ClassifyResponse)
     async def classify(self, texts: list[str], top_k: int | None = None) -> ClassifyResponse:
@@ -484,48 +499,42 @@ class TunelineService:
                 decoded.append(modality.decode_request(item))
             except ValueError as exc:
                 raise BadInput(f"{modality.items}[{index}] {exc}") from None
-        probabilities = await self._probabilities(decoded)
-        if _monitor.log and random.random() < _monitor.sample:
-            self._log_served(decoded, probabilities)
+        probabilities = await self._probabilities(decoded, _sampled())
         return self._answer(probabilities, top_k)
-
-    def _log_served(self, items: list[Any], probabilities: np.ndarray) -> None:
-        """This request's rows for `tuneline monitor`: label, probability and the modality's input signals."""
-        try:
-            labels = [self.classifier.labels[i] for i in probabilities.argmax(axis=1)]
-            texts = items if _monitor.log_text and all(isinstance(item, str) for item in items) else None
-            log_served(self.model_tag, items, labels, probabilities.max(axis=1),
-                       self.modality.signals(items, self.classifier), texts)
-        except Exception:  # watching a request never fails it
-            logger.exception("could not log the served rows to %s", _monitor_dir)
 
     def _answer(self, probabilities: np.ndarray, top_k: int | None) -> ClassifyResponse:
         """The response: per row its most likely label and the top_k labels with their probabilities."""
         predictions = []
         for row in probabilities:
             ranked = [LabelProbability(label=label, probability=p)
-                      for label, p in ranked_labels(row, self.classifier.labels, top_k or _serve.top_k)]
+                      for label, p in ranked_labels(row, self.labels, top_k or _serve.top_k)]
             predictions.append(TextPrediction(label=ranked[0].label, probability=ranked[0].probability, top_k=ranked))
         return ClassifyResponse(model=self.model_tag, predictions=predictions)
 
     @info_app.get(MODEL_ROUTE, response_model=ModelInfo, summary="The model being served")
     def model_info(self) -> ModelInfo:
         """Tag, labels, test metrics, data version and code revision of the model this server answers with."""
+        if self.info is None:  # split layout: the network's device and runtime are the model service's to say
+            network = self.model_service.to_sync.describe()
+            self.info = _model_info(self.model_tag, self._stored, self.labels, network["device"]).model_copy(
+                update={"runtime": network["runtime"], "runtime_reason": network["reason"]})
         # Read the registry now: `tuneline promote` or `rollback` may have moved the pointer since this server started.
         return self.info.model_copy(update={"champion": champion(self.model_tag.split(":", 1)[0]) == self.model_tag})
 
 
-def _share_cpu_threads(workers: int) -> None:
-    """With several workers, each takes an equal share of the cores for its forward passes: N processes with torch's
-    default (one thread per core) each would oversubscribe the machine N times."""
-    if workers > 1:
-        import torch
-
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // workers))
 
 
-def _model_info(tag: str, stored: Any, classifier: Any) -> ModelInfo:
+def _message_of(body: str) -> str:
+    """The message of a BentoML error response body ({"error": "..."}), or the body itself."""
+    import json
+
+    try:
+        return str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        return body
+
+
+def _model_info(tag: str, stored: Any, labels: list[str], device: str) -> ModelInfo:
     """What GET /model reports, from the stored model's package.json (written by the package stage) when it has one."""
     from components.io import read_json
     from components.package import RECORD_FILE
@@ -535,7 +544,7 @@ def _model_info(tag: str, stored: Any, classifier: Any) -> ModelInfo:
     provenance = record.get("provenance", {})
     return ModelInfo(
         tag=tag,
-        labels=classifier.labels,
+        labels=labels,
         champion=False,
         base_model=provenance.get("base_model") or stored.info.metadata.get("base_model"),
         metrics=record.get("metrics", {}).get("model"),
@@ -543,21 +552,22 @@ def _model_info(tag: str, stored: Any, classifier: Any) -> ModelInfo:
         code_revision=provenance.get("code_revision"),
         decision=record.get("gate", {}).get("decision"),
         batching=_serve.batching,
-        device=classifier.device,
+        device=device,
         workers=_serve.workers,
+        layout=LAYOUT,
     )
 
 
-def _model_tag() -> str:
-    """The tag a built Bento recorded when serving from one, else the class-scope reference.
+def _model_tag(service: Any) -> str:
+    """The tag a built Bento recorded for this service when serving from one, else its class-scope reference.
 
     BentoML re-resolves `name:latest` against the local store even for a Bento, which would serve a model packaged
     after the build instead of the one the Bento was built with.
     """
-    if TunelineService.bento is not None:
-        recorded = next(info for info in TunelineService.bento.info.services if info.name == TunelineService.name)
+    if service.bento is not None:
+        recorded = next(info for info in service.bento.info.services if info.name == service.name)
         return str(recorded.models[0].tag)
-    return str(TunelineService.inner.model.tag)
+    return str(service.inner.model.tag)
 
 
 TunelineService.add_asgi_middleware(RequestGuard, protected=(CLASSIFY_ROUTE, CLASSIFY_IMAGE_ROUTE,

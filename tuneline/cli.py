@@ -169,7 +169,10 @@ def _build(args: argparse.Namespace) -> int:
         return 1
     code_root = Path(__file__).resolve().parents[1]  # where serving/bentofile.yaml and the code live
     recorded = {"model": tag, "params": yaml.safe_load(params_path.read_text(encoding="utf-8"))}
-    env = os.environ | {"TUNELINE_MODEL_TAG": tag, "TUNELINE_PARAMS": str(params_path)}
+    # Built with the split layout's two services recorded, so the Bento serves in either layout: auto picks by the
+    # device of the machine it runs on (a Bento records its service graph when it is built).
+    env = os.environ | {"TUNELINE_MODEL_TAG": tag, "TUNELINE_PARAMS": str(params_path),
+                        "TUNELINE_SERVE_LAYOUT": "split"}
     # What serving this model imports beyond the bentofile's packages (an image or speech model's readers), pinned
     # as installed here, so that `bentoml containerize` installs them: asked of a fresh interpreter (serving/
     # requirements.py), since this one has imported the whole CLI.

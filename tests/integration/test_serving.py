@@ -94,6 +94,20 @@ def keyed_unbatched_server(tag: str, project_root: Path, tmp_path_factory: pytes
         yield url, folder / "serve.log"
 
 
+@pytest.fixture(scope="module")
+def split_server(tag: str, project_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The same model in `serve.layout: split`: two API workers in front of one model process (the layout auto picks
+    on a CUDA machine), every answer logged for monitoring; yields its URL, log and monitoring folder."""
+    folder = tmp_path_factory.mktemp("serve-split")
+    params = yaml.safe_load((project_root / "params.yaml").read_text())
+    params["serve"].update(layout="split", workers=2)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = os.environ | {"TUNELINE_MODEL_TAG": tag, "TUNELINE_PARAMS": str(folder / "params.yaml"),
+                        "TUNELINE_MONITOR_DIR": str(folder / "monitoring")}
+    with bentoml_serve(project_root, "serving.service:TunelineService", env, folder / "serve.log") as url:
+        yield url, folder / "serve.log", folder / "monitoring"
+
+
 def classify(url: str, body: object, **kwargs) -> httpx.Response:
     return httpx.post(f"{url}/classify", json=body, timeout=60, **kwargs)
 
@@ -360,3 +374,44 @@ def test_unbatched_server_answers_concurrent_requests_like_the_batched_one(
     for worker in (1, 2):  # BentoML tags each worker's lines with its id
         assert f"[entry_service:tuneline:{worker}] Service tuneline initialized" in log
         assert f"[entry_service:tuneline:{worker}] 127.0.0.1" in log, f"worker {worker} answered nothing"
+
+
+def test_split_layout_answers_from_one_model_process_behind_two_api_workers(
+        split_server: tuple[str, Path, Path], server: str, tag: str, model_dir: Path, project_root: Path) -> None:
+    """serve.layout split: the answers, the checks and the metrics of the single layout, with the model run once."""
+    from components.monitor import served_rows
+
+    url, log_path, monitoring = split_server
+
+    async def ask(where: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*(client.post(f"{where}/classify", json={"texts": [t], "top_k": 3})
+                                          for t in TEXTS * 6))
+
+    split, single = asyncio.run(ask(url)), asyncio.run(ask(server))
+    assert all(r.status_code == 200 for r in split), [r.text for r in split if r.status_code != 200][:3]
+    for one, other in zip(split, single, strict=True):
+        assert_valid(one.json(), [TEXTS[0]], 3, tag)
+        np.testing.assert_allclose(served_probabilities(one.json(), LABELS),
+                                   served_probabilities(other.json(), LABELS), atol=1e-4)
+    np.testing.assert_allclose(served_probabilities(classify(url, {"texts": TEXTS, "top_k": 3}).json(), LABELS),
+                               expected_probabilities(model_dir, TEXTS, project_root), atol=1e-5)
+
+    blank = classify(url, {"texts": ["fine", " \t "]})  # checked by the API worker, never sent to the model
+    assert blank.status_code == 400 and "texts" in blank.text and "only whitespace" in blank.text, blank.text
+    info = httpx.get(f"{url}/model", timeout=30).json()
+    assert (info["layout"], info["workers"], info["tag"], info["labels"]) == ("split", 2, tag, LABELS)
+    assert info["device"] == "cpu" and info["runtime"] == "pytorch" and info["runtime_reason"], info
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text  # the model process's histograms, through the API port
+    assert 0 < _histogram_count(metrics, "tuneline_batch_texts") <= len(TEXTS) * 6 + 1
+    assert _histogram_count(metrics, "tuneline_model_seconds") == _histogram_count(metrics, "tuneline_batch_texts")
+
+    log = log_path.read_text(errors="replace")
+    assert log.count("Service tuneline-model initialized") == 1, "one process holds the model"
+    for worker in (1, 2):
+        assert f"[entry_service:tuneline:{worker}] Service tuneline initialized" in log
+    assert log.count("Loading weights:   0%") == 1, "the weights were loaded more than once (by an API worker?)"
+    calls = re.findall(r"\[service:tuneline-model:(\d+)\] .*path=/probabilities", log)
+    assert len(calls) == len(TEXTS) * 6 + 1 and set(calls) == {"1"}, "each answered request is one model call"
+    rows = served_rows(monitoring)  # logged by the model process, one row per answered text
+    assert len(rows) == len(TEXTS) * 7 and set(rows["model"]) == {tag}, rows.tail()

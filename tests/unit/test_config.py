@@ -34,6 +34,7 @@ def test_empty_document_gives_defaults() -> None:
         ({"package": {"model_name": "Bad Name!"}}, "package.model_name"),
         ({"serve": {"port": 70000}}, "serve.port"),
         ({"serve": {"host": "localhost"}}, "serve.host: Value error, must be an IP address"),
+        ({"serve": {"layout": "gpu"}}, "serve.layout: Input should be 'auto', 'single' or 'split'"),
     ],
 )
 def test_bad_values_are_named(raw: dict, named: str) -> None:

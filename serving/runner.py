@@ -1,0 +1,143 @@
+"""The served network in one process: the stored model loaded on its device (or the faster runtime the package stage
+gated), its forward passes in one long-lived thread, adaptive batching, the model's Prometheus histograms, and the
+served rows `tuneline monitor` reads.
+
+Both layouts of serving/service.py hold one: the single layout in each HTTP worker, the split layout in its one model
+service behind the API workers.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from components import fastpath, modalities
+from components.config import Params
+from components.monitor import log_served
+from serving.batching import GreedyBatcher
+
+logger = logging.getLogger(__name__)
+
+texts_per_batch = bentoml.metrics.Histogram(
+    name="tuneline_batch_texts",
+    documentation="Texts per call of the model: concurrent requests merged by adaptive batching",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+_SECONDS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+queue_seconds = bentoml.metrics.Histogram(
+    name="tuneline_queue_seconds",
+    documentation="Seconds a request waited for the model to start on it (behind the forward pass in progress)",
+    buckets=_SECONDS_BUCKETS,
+)
+model_seconds = bentoml.metrics.Histogram(
+    name="tuneline_model_seconds",
+    documentation="Seconds per call of the model: tokenising, forward passes and softmax for one merged batch",
+    buckets=_SECONDS_BUCKETS,
+)
+
+
+class ModelRunner:
+    """One process's copy of the served model.
+
+    Args:
+        stored_path: the stored model's folder in the BentoML model store.
+        params: the service's params (serve.* for batching and limits, the modality's block).
+        overloaded: the exception for a request that waited past serve.max_latency_ms (the service makes it a 503).
+        processes: how many processes on this machine run a copy of the model; each takes its share of the cores.
+    """
+
+    def __init__(self, stored_path: Path, params: Params, overloaded: Callable[[], Exception],
+                 processes: int = 1) -> None:
+        serve = params.serve
+        self.max_batch_size = serve.max_batch_size
+        share_cpu_threads(processes)
+        # what the stored model classifies (its tuneline.json), with the params' block for it (request limits)
+        self.modality = modalities.for_model(stored_path, params)
+        # The faster runtime the package stage exported and gated, where it may serve; PyTorch otherwise.
+        self.classifier, self.runtime = fastpath.load_served(self.modality, stored_path, "auto",
+                                                             allowed=serve.runtime == "auto")
+        # One forward pass at a time (two at once would only split the same cores between them), always in the same
+        # thread: torch keeps per-thread state (the OpenMP team on a CPU, the cuBLAS handle on a GPU) warm there.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneline-model")
+        self._batched = None
+        if serve.batching:
+            # Whole requests per call, up to max_texts_per_request texts; serve.max_batch_size bounds each forward.
+            self._batched = GreedyBatcher(self._predict_batches,
+                                          max_texts=max(serve.max_texts_per_request, serve.max_batch_size),
+                                          max_latency_s=serve.max_latency_ms / 1000, overloaded=overloaded,
+                                          on_batch=texts_per_batch.observe, on_wait=queue_seconds.observe,
+                                          executor=self._model_thread,
+                                          gather=serve.batch_gather, full_texts=serve.max_batch_size)
+        # A first forward pass, in the model thread, before the server reports ready: its one-off set-up (lazy
+        # imports, the thread team, kernel choices) is not a user's request's to wait for.
+        self._model_thread.submit(self.classifier.predict_proba, [self.modality.warm_up_input(self.classifier)],
+                                  1).result()
+        # torch, transformers and the model leave millions of long-lived objects behind, and each full collection of
+        # the garbage collector walks them all: measured, 100-280 ms pauses that stall whichever requests are in
+        # flight. Move them out of its reach; what requests allocate is still collected.
+        gc.collect()
+        gc.freeze()
+
+    @property
+    def labels(self) -> list[str]:
+        return self.classifier.labels
+
+    @property
+    def device(self) -> str:
+        return self.classifier.device
+
+    def _predict(self, items: list[Any]) -> np.ndarray:
+        """The model's probabilities for these items (length-sorted forward passes); timed for /metrics."""
+        started = time.perf_counter()
+        probabilities = self.classifier.predict_proba(items, batch_size=self.max_batch_size)
+        model_seconds.observe(time.perf_counter() - started)
+        return probabilities
+
+    def _predict_batches(self, batches: Sequence[list[Any]]) -> list[np.ndarray]:
+        """The items of several requests in one call, split back per request."""
+        probabilities = self._predict([item for batch in batches for item in batch])
+        return np.split(probabilities, np.cumsum([len(batch) for batch in batches])[:-1])
+
+    def _predict_queued(self, items: list[Any], queued: float) -> np.ndarray:
+        queue_seconds.observe(time.monotonic() - queued)
+        return self._predict(items)
+
+    async def probabilities(self, items: list[Any]) -> np.ndarray:
+        """One request's decoded items -> their probabilities, batched with whatever else is waiting."""
+        if self._batched is not None:
+            return await self._batched(items)
+        import asyncio
+
+        texts_per_batch.observe(len(items))
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._predict_queued, items,
+                                                                time.monotonic())
+
+    def log_served(self, model_tag: str, items: list[Any], probabilities: np.ndarray, log_text: bool,
+                   where: Path) -> None:
+        """One request's rows for `tuneline monitor`: label, probability and the modality's input signals."""
+        try:
+            labels = [self.labels[i] for i in probabilities.argmax(axis=1)]
+            texts = items if log_text and all(isinstance(item, str) for item in items) else None
+            log_served(model_tag, items, labels, probabilities.max(axis=1),
+                       self.modality.signals(items, self.classifier), texts)
+        except Exception:  # watching a request never fails it
+            logger.exception("could not log the served rows to %s", where)
+
+
+def share_cpu_threads(processes: int) -> None:
+    """With several processes holding a model, each takes an equal share of the cores for its forward passes: N
+    processes with torch's default (one thread per core) each would oversubscribe the machine N times."""
+    if processes > 1:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cores // processes))
