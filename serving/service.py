@@ -35,10 +35,11 @@ from components import modalities
 from components.config import PARAMS_FILE, Params, load_params, parse_params
 from components.predict import ranked_labels
 from components.registry import champion
-from serving import timeout_fix
+from serving import session_fix, timeout_fix
 from serving.runner import ModelRunner
 
 timeout_fix.patch()  # BentoML's request timeout kept every request alive for 60 s after its answer
+session_fix.patch()  # its client of the model service (layout split) dropped the requests in flight every 100
 
 MODEL_TAG_ENV = "TUNELINE_MODEL_TAG"
 PARAMS_ENV = "TUNELINE_PARAMS"

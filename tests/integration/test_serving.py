@@ -415,3 +415,15 @@ def test_split_layout_answers_from_one_model_process_behind_two_api_workers(
     assert len(calls) == len(TEXTS) * 6 + 1 and set(calls) == {"1"}, "each answered request is one model call"
     rows = served_rows(monitoring)  # logged by the model process, one row per answered text
     assert len(rows) == len(TEXTS) * 7 and set(rows["model"]) == {tag}, rows.tail()
+
+    # Under load: each API worker's client of the model service replaces its connection pool every 100 requests,
+    # with requests in flight on it (serving/session_fix.py); not one may fail.
+    async def load() -> list[int]:
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            answers = await asyncio.gather(*(client.post(f"{url}/classify", json={"texts": [f"take {i}: fine"]})
+                                             for i in range(500)))
+        return [answer.status_code for answer in answers]
+
+    statuses = asyncio.run(load())
+    assert statuses.count(200) == len(statuses), {code: statuses.count(code) for code in set(statuses)}

@@ -88,10 +88,12 @@ def test_a_request_past_the_timeout_still_gets_a_504_and_its_handler_is_cancelle
 def test_the_service_applies_the_fix_when_imported(tmp_path) -> None:
     # In a fresh interpreter, since this module patched the class already: what `bentoml serve` imports must patch it.
     check = ("from bentoml._internal.server.http.traffic import TimeoutMiddleware\n"
+             "from _bentoml_impl.client.proxy2 import SessionManager\n"
              "before = TimeoutMiddleware.__call__\n"
              "import serving.service\n"
-             "print(before.__module__, TimeoutMiddleware.__call__.__module__)")
+             "print(before.__module__, TimeoutMiddleware.__call__.__module__, SessionManager.get_session.__module__)")
     done = subprocess.run([sys.executable, "-c", check], cwd=Path(__file__).resolve().parents[2], capture_output=True,
                           text=True, timeout=120, env=os.environ | {"BENTOML_HOME": str(tmp_path / "bentoml")})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["bentoml._internal.server.http.traffic", "serving.timeout_fix"]
+    assert done.stdout.split() == ["bentoml._internal.server.http.traffic", "serving.timeout_fix",
+                                   "serving.session_fix"]  # and serving.session_fix's patch
