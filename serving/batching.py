@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -34,7 +35,8 @@ class GreedyBatcher:
     """Merges concurrent requests' texts into one call of `predict`, one call at a time.
 
     Args:
-        predict: the texts of several requests -> one result per request, in order; runs in a worker thread.
+        predict: the texts of several requests -> one result per request, in order; runs in a worker thread, or,
+            where it is a coroutine function (a call of another service), awaited in the event loop.
         max_texts: the most texts one call gets; whole requests only, so a request is never split (one larger
             than this still goes alone).
         max_latency_s: a request that waited longer than this for the model is answered with `overloaded()`.
@@ -49,13 +51,15 @@ class GreedyBatcher:
             pool's threads come and go.
     """
 
-    def __init__(self, predict: Callable[[Sequence[list[str]]], Sequence[Any]], max_texts: int,
+    def __init__(self, predict: Callable[[Sequence[list[str]]], Any], max_texts: int,
                  max_latency_s: float, overloaded: Callable[[], Exception],
                  on_batch: Callable[[int], None] = lambda texts: None,
                  on_wait: Callable[[float], None] = lambda seconds: None, executor: Executor | None = None,
                  gather: float = 0.0, full_texts: int | None = None) -> None:
         self._predict = predict
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneline-model")
+        self._awaited = inspect.iscoroutinefunction(predict)
+        self._executor = executor or (None if self._awaited else
+                                      ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneline-model"))
         self._max_texts = max_texts
         self._max_latency_s = max_latency_s
         self._overloaded = overloaded
@@ -84,9 +88,10 @@ class GreedyBatcher:
             while batch := self._take():
                 self._on_batch(sum(len(waiting.texts) for waiting in batch))
                 started = time.monotonic()
+                texts = [waiting.texts for waiting in batch]
                 try:
-                    results = await asyncio.get_running_loop().run_in_executor(
-                        self._executor, self._predict, [waiting.texts for waiting in batch])
+                    results = await (self._predict(texts) if self._awaited else
+                                     asyncio.get_running_loop().run_in_executor(self._executor, self._predict, texts))
                 except Exception as error:  # noqa: BLE001 - every request of the batch gets the model's error
                     for waiting in batch:
                         if not waiting.future.done():

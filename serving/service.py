@@ -36,6 +36,7 @@ from components.config import PARAMS_FILE, Params, load_params, parse_params
 from components.predict import ranked_labels
 from components.registry import champion
 from serving import session_fix, timeout_fix
+from serving.batching import GreedyBatcher
 from serving.runner import ModelRunner
 
 timeout_fix.patch()  # BentoML's request timeout kept every request alive for 60 s after its answer
@@ -396,13 +397,16 @@ class TunelineModel:
                     self.runner.runtime["reason"])
 
     @bentoml.api
-    async def probabilities(self, items: list[Any], log: bool = False) -> list[list[float]]:
-        """One request's decoded items (validated by the API worker) -> their probabilities; `log`: the API worker
-        sampled this request for monitoring."""
-        probabilities = await self.runner.probabilities(items)
-        if log:
-            self.runner.log_served(self.model_tag, items, probabilities, _monitor.log_text, _monitor_dir)
-        return probabilities.tolist()
+    async def probabilities(self, requests: list[list[Any]]) -> list[list[list[float]]]:
+        """Several requests' decoded items (checked by the API worker that merged them) -> each request's
+        probabilities; merged in turn with what the other workers send. Each request is sampled for monitoring here."""
+        flat = [item for request in requests for item in request]
+        probabilities = np.split(await self.runner.probabilities(flat),
+                                 np.cumsum([len(request) for request in requests])[:-1])
+        for items, answer in zip(requests, probabilities, strict=True):
+            if _sampled():
+                self.runner.log_served(self.model_tag, items, answer, _monitor.log_text, _monitor_dir)
+        return [answer.tolist() for answer in probabilities]
 
     @bentoml.api
     def describe(self) -> dict[str, str]:
@@ -444,19 +448,33 @@ class TunelineService:
             self.labels = list(read_meta(stored.path)["labels"])
             self.info = None  # completed from TunelineModel on the first GET /model
             self._stored = stored
+            # The worker's concurrent requests go to the model service together, one call at a time (it merges them
+            # with the other workers' calls): the model process answers one internal request per call, not per
+            # client request, so its own HTTP handling does not become the limit the split is there to lift.
+            self._forward = GreedyBatcher(self._ask_model, max_texts=max(_serve.max_texts_per_request,
+                                                                         _serve.max_batch_size),
+                                          max_latency_s=_serve.max_latency_ms / 1000,
+                                          overloaded=_overloaded) if _serve.batching else None
 
-    async def _probabilities(self, items: list[Any], log: bool) -> np.ndarray:
+    async def _probabilities(self, items: list[Any]) -> np.ndarray:
         if self.runner is not None:
             probabilities = await self.runner.probabilities(items)
-            if log:
+            if _sampled():
                 self.runner.log_served(self.model_tag, items, probabilities, _monitor.log_text, _monitor_dir)
             return probabilities
+        if self._forward is not None:
+            return await self._forward(items)
+        return (await self._ask_model([items]))[0]
+
+    async def _ask_model(self, requests: list[list[Any]]) -> list[np.ndarray]:
+        """Several requests' items -> each one's probabilities, from the model service (layout split)."""
         from bentoml.exceptions import BentoMLException
 
         try:
-            return np.asarray(await self.model_service.probabilities(items, log), dtype=np.float32)
+            answers = await self.model_service.probabilities(requests)
         except BentoMLException as exc:  # the model service's refusal (a 503 when overloaded) with its own message
             raise type(exc)(_message_of(str(exc)), error_code=exc.error_code) from None
+        return [np.asarray(answer, dtype=np.float32) for answer in answers]
 
     @bentoml.api(route=CLASSIFY_ROUTE, input_spec=ClassifyRequest, output_spec=ClassifyResponse)
     async def classify(self, texts: list[str], top_k: int | None = None) -> ClassifyResponse:
@@ -500,7 +518,7 @@ class TunelineService:
                 decoded.append(modality.decode_request(item))
             except ValueError as exc:
                 raise BadInput(f"{modality.items}[{index}] {exc}") from None
-        probabilities = await self._probabilities(decoded, _sampled())
+        probabilities = await self._probabilities(decoded)
         return self._answer(probabilities, top_k)
 
     def _answer(self, probabilities: np.ndarray, top_k: int | None) -> ClassifyResponse:

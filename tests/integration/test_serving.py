@@ -412,7 +412,7 @@ def test_split_layout_answers_from_one_model_process_behind_two_api_workers(
         assert f"[entry_service:tuneline:{worker}] Service tuneline initialized" in log
     assert log.count("Loading weights:   0%") == 1, "the weights were loaded more than once (by an API worker?)"
     calls = re.findall(r"\[service:tuneline-model:(\d+)\] .*path=/probabilities", log)
-    assert len(calls) == len(TEXTS) * 6 + 1 and set(calls) == {"1"}, "each answered request is one model call"
+    assert 0 < len(calls) <= len(TEXTS) * 6 + 1 and set(calls) == {"1"}, "one model process answers the workers"
     rows = served_rows(monitoring)  # logged by the model process, one row per answered text
     assert len(rows) == len(TEXTS) * 7 and set(rows["model"]) == {tag}, rows.tail()
 
@@ -427,3 +427,6 @@ def test_split_layout_answers_from_one_model_process_behind_two_api_workers(
 
     statuses = asyncio.run(load())
     assert statuses.count(200) == len(statuses), {code: statuses.count(code) for code in set(statuses)}
+    log = log_path.read_text(errors="replace")
+    merged = len(re.findall(r"\[service:tuneline-model:1\] .*path=/probabilities", log)) - len(calls)
+    assert merged < len(statuses), "the API workers never sent two requests' texts to the model in one call"

@@ -164,3 +164,36 @@ def test_a_model_error_reaches_every_request_of_the_call_and_the_batcher_goes_on
         return await batch(["fine", "too"])
 
     assert asyncio.run(scenario()) == 2
+
+
+def test_a_coroutine_predict_is_awaited_in_the_loop_and_merges_alike() -> None:
+    """The split layout's API worker: `predict` is a call of the model service, awaited rather than run in a thread;
+    what queues while it is out goes in the next call, and its error reaches each request of the call."""
+    calls: list[list[list[str]]] = []
+    out = asyncio.Event()
+    back = asyncio.Event()
+
+    async def remote(requests: list[list[str]]) -> list[list[str]]:
+        calls.append(requests)
+        out.set()
+        await back.wait()
+        if any("fail" in texts for texts in requests):
+            raise Overloaded("the model service said no")
+        return [[text.upper() for text in texts] for texts in requests]
+
+    async def scenario() -> list:
+        batch = GreedyBatcher(remote, max_texts=100, max_latency_s=60.0, overloaded=Overloaded)
+        first = asyncio.ensure_future(batch(["first"]))
+        await out.wait()
+        rest = [asyncio.ensure_future(batch(texts)) for texts in (["x"], ["y", "z"])]
+        await asyncio.sleep(0.01)
+        back.set()
+        answers = await asyncio.gather(first, *rest)
+        failing = await asyncio.gather(batch(["fail"]), return_exceptions=True)
+        return [*answers, *failing]
+
+    answers = asyncio.run(scenario())
+
+    assert answers[:3] == [["FIRST"], ["X"], ["Y", "Z"]]
+    assert isinstance(answers[3], Overloaded)
+    assert calls[:2] == [[["first"]], [["x"], ["y", "z"]]]
