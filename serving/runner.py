@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ import bentoml
 import numpy as np
 
 from components import fastpath, modalities
-from components.config import Params
+from components.config import Params, ServeParams
 from components.monitor import log_served
 from serving.batching import GreedyBatcher
 
@@ -45,38 +46,55 @@ model_seconds = bentoml.metrics.Histogram(
 )
 
 
+def request_batcher(predict: Callable[[Sequence[list[Any]]], Any], serve: ServeParams,
+                    overloaded: Callable[[], Exception], **options: Any) -> GreedyBatcher:
+    """A GreedyBatcher within serve.*'s limits: whole requests per call, up to max_texts_per_request texts (or
+    max_batch_size, if larger); a request that waited past max_latency_ms gets `overloaded()`."""
+    return GreedyBatcher(predict, max_texts=max(serve.max_texts_per_request, serve.max_batch_size),
+                         max_latency_s=serve.max_latency_ms / 1000, overloaded=overloaded, **options)
+
+
+def per_request(probabilities: np.ndarray, requests: Sequence[list[Any]]) -> list[np.ndarray]:
+    """The rows of one call for several requests' items, split back per request."""
+    return np.split(probabilities, np.cumsum([len(request) for request in requests])[:-1])
+
+
 class ModelRunner:
     """One process's copy of the served model.
 
     Args:
-        stored_path: the stored model's folder in the BentoML model store.
-        params: the service's params (serve.* for batching and limits, the modality's block).
+        stored: the stored model (BentoML model store).
+        params: the service's params (serve.* for batching and limits, monitor.* for the served rows, the modality's
+            block).
         overloaded: the exception for a request that waited past serve.max_latency_ms (the service makes it a 503).
+        monitor_dir: where BentoML's monitoring API writes the served rows (named in the log when that fails).
         processes: how many processes on this machine run a copy of the model; each takes its share of the cores.
     """
 
-    def __init__(self, stored_path: Path, params: Params, overloaded: Callable[[], Exception],
+    def __init__(self, stored: Any, params: Params, overloaded: Callable[[], Exception], monitor_dir: Path,
                  processes: int = 1) -> None:
         serve = params.serve
+        stored_path = Path(stored.path)
+        self.model_tag = str(stored.tag)  # name:latest resolved, so answers name the exact model
         self.max_batch_size = serve.max_batch_size
+        self._monitor, self._monitor_dir = params.monitor, monitor_dir
         share_cpu_threads(processes)
         # what the stored model classifies (its tuneline.json), with the params' block for it (request limits)
         self.modality = modalities.for_model(stored_path, params)
         # The faster runtime the package stage exported and gated, where it may serve; PyTorch otherwise.
         self.classifier, self.runtime = fastpath.load_served(self.modality, stored_path, "auto",
                                                              allowed=serve.runtime == "auto")
+        logger.info("serving %s with %s: %s", self.model_tag, self.runtime["runtime"], self.runtime["reason"])
         # One forward pass at a time (two at once would only split the same cores between them), always in the same
         # thread: torch keeps per-thread state (the OpenMP team on a CPU, the cuBLAS handle on a GPU) warm there.
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneline-model")
         self._batched = None
         if serve.batching:
-            # Whole requests per call, up to max_texts_per_request texts; serve.max_batch_size bounds each forward.
-            self._batched = GreedyBatcher(self._predict_batches,
-                                          max_texts=max(serve.max_texts_per_request, serve.max_batch_size),
-                                          max_latency_s=serve.max_latency_ms / 1000, overloaded=overloaded,
-                                          on_batch=texts_per_batch.observe, on_wait=queue_seconds.observe,
-                                          executor=self._model_thread,
-                                          gather=serve.batch_gather, full_texts=serve.max_batch_size)
+            # serve.max_batch_size bounds each forward pass, and a call that has that many texts need not gather.
+            self._batched = request_batcher(self._predict_batches, serve, overloaded,
+                                            on_batch=texts_per_batch.observe, on_wait=queue_seconds.observe,
+                                            executor=self._model_thread, gather=serve.batch_gather,
+                                            full_texts=serve.max_batch_size)
         # A first forward pass, in the model thread, before the server reports ready: its one-off set-up (lazy
         # imports, the thread team, kernel choices) is not a user's request's to wait for.
         self._model_thread.submit(self.classifier.predict_proba, [self.modality.warm_up_input(self.classifier)],
@@ -104,8 +122,7 @@ class ModelRunner:
 
     def _predict_batches(self, batches: Sequence[list[Any]]) -> list[np.ndarray]:
         """The items of several requests in one call, split back per request."""
-        probabilities = self._predict([item for batch in batches for item in batch])
-        return np.split(probabilities, np.cumsum([len(batch) for batch in batches])[:-1])
+        return per_request(self._predict([item for batch in batches for item in batch]), batches)
 
     def _predict_queued(self, items: list[Any], queued: float) -> np.ndarray:
         queue_seconds.observe(time.monotonic() - queued)
@@ -121,16 +138,18 @@ class ModelRunner:
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._predict_queued, items,
                                                                 time.monotonic())
 
-    def log_served(self, model_tag: str, items: list[Any], probabilities: np.ndarray, log_text: bool,
-                   where: Path) -> None:
-        """One request's rows for `tuneline monitor`: label, probability and the modality's input signals."""
+    def watch(self, items: list[Any], probabilities: np.ndarray) -> None:
+        """One answered request's rows for `tuneline monitor` (label, probability, the modality's input signals),
+        when monitor.sample draws it."""
+        if not (self._monitor.log and random.random() < self._monitor.sample):
+            return
         try:
             labels = [self.labels[i] for i in probabilities.argmax(axis=1)]
-            texts = items if log_text and all(isinstance(item, str) for item in items) else None
-            log_served(model_tag, items, labels, probabilities.max(axis=1),
+            texts = items if self._monitor.log_text and all(isinstance(item, str) for item in items) else None
+            log_served(self.model_tag, items, labels, probabilities.max(axis=1),
                        self.modality.signals(items, self.classifier), texts)
         except Exception:  # watching a request never fails it
-            logger.exception("could not log the served rows to %s", where)
+            logger.exception("could not log the served rows to %s", self._monitor_dir)
 
 
 def share_cpu_threads(processes: int) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import random
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,12 +32,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from components import modalities
-from components.config import PARAMS_FILE, Params, load_params, parse_params
+from components.config import PARAMS_FILE, Params, ServeParams, load_params, parse_params
 from components.predict import ranked_labels
 from components.registry import champion
 from serving import session_fix, timeout_fix
-from serving.batching import GreedyBatcher
-from serving.runner import ModelRunner
+from serving.runner import ModelRunner, per_request, request_batcher
 
 timeout_fix.patch()  # BentoML's request timeout kept every request alive for 60 s after its answer
 session_fix.patch()  # its client of the model service (layout split) dropped the requests in flight every 100
@@ -347,8 +346,9 @@ def _serving_layout() -> str:
     """serve.layout (or TUNELINE_SERVE_LAYOUT), with auto resolved: split on a machine with a CUDA device (the model
     on it, HTTP in the API workers), single otherwise."""
     layout = os.environ.get(LAYOUT_ENV) or _serve.layout
-    if layout not in ("auto", "single", "split"):
-        raise RuntimeError(f"{LAYOUT_ENV}={layout!r}: the serving layout is auto, single or split")
+    choices = typing.get_args(ServeParams.model_fields["layout"].annotation)
+    if layout not in choices:
+        raise RuntimeError(f"{LAYOUT_ENV}={layout!r}: the serving layout is one of {', '.join(choices)}")
     if layout != "auto":
         return layout
     import torch
@@ -378,10 +378,6 @@ def _stored(service: Any) -> Any:
     return stored
 
 
-def _sampled() -> bool:
-    return _monitor.log and random.random() < _monitor.sample
-
-
 @bentoml.service(name="tuneline-model", workers=1, logging=_LOGGING, monitoring=_MONITORING)
 class TunelineModel:
     """serve.layout split: the one process that holds the model on the device and batches what the API workers send.
@@ -390,23 +386,17 @@ class TunelineModel:
     model = bentoml.models.BentoModel(_MODEL_REFERENCE)
 
     def __init__(self) -> None:
-        stored = _stored(TunelineModel)
-        self.model_tag = str(stored.tag)
-        self.runner = ModelRunner(Path(stored.path), _params, _overloaded)
-        logger.info("serving %s with %s: %s", self.model_tag, self.runner.runtime["runtime"],
-                    self.runner.runtime["reason"])
+        self.runner = ModelRunner(_stored(TunelineModel), _params, _overloaded, _monitor_dir)
 
     @bentoml.api
     async def probabilities(self, requests: list[list[Any]]) -> list[list[list[float]]]:
         """Several requests' decoded items (checked by the API worker that merged them) -> each request's
         probabilities; merged in turn with what the other workers send. Each request is sampled for monitoring here."""
-        flat = [item for request in requests for item in request]
-        probabilities = np.split(await self.runner.probabilities(flat),
-                                 np.cumsum([len(request) for request in requests])[:-1])
-        for items, answer in zip(requests, probabilities, strict=True):
-            if _sampled():
-                self.runner.log_served(self.model_tag, items, answer, _monitor.log_text, _monitor_dir)
-        return [answer.tolist() for answer in probabilities]
+        answers = per_request(await self.runner.probabilities([item for request in requests for item in request]),
+                              requests)
+        for items, answer in zip(requests, answers, strict=True):
+            self.runner.watch(items, answer)
+        return [answer.tolist() for answer in answers]
 
     @bentoml.api
     def describe(self) -> dict[str, str]:
@@ -435,12 +425,9 @@ class TunelineService:
         self.model_tag = str(stored.tag)  # name:latest resolved, so answers name the exact model
         self.runner: ModelRunner | None = None
         if LAYOUT == "single":
-            self.runner = ModelRunner(Path(stored.path), _params, _overloaded, processes=_serve.workers)
+            self.runner = ModelRunner(stored, _params, _overloaded, _monitor_dir, processes=_serve.workers)
             self.modality, self.labels = self.runner.modality, self.runner.labels
-            runtime = self.runner.runtime
-            logger.info("serving %s with %s: %s", self.model_tag, runtime["runtime"], runtime["reason"])
-            self.info = _model_info(self.model_tag, stored, self.labels, self.runner.device).model_copy(
-                update={"runtime": runtime["runtime"], "runtime_reason": runtime["reason"]})
+            self.info = _model_info(self.model_tag, stored, self.labels, self.runner.device, self.runner.runtime)
         else:  # the API worker checks requests against the model's modality; the network lives in TunelineModel
             from components.predict import read_meta
 
@@ -451,16 +438,12 @@ class TunelineService:
             # The worker's concurrent requests go to the model service together, one call at a time (it merges them
             # with the other workers' calls): the model process answers one internal request per call, not per
             # client request, so its own HTTP handling does not become the limit the split is there to lift.
-            self._forward = GreedyBatcher(self._ask_model, max_texts=max(_serve.max_texts_per_request,
-                                                                         _serve.max_batch_size),
-                                          max_latency_s=_serve.max_latency_ms / 1000,
-                                          overloaded=_overloaded) if _serve.batching else None
+            self._forward = request_batcher(self._ask_model, _serve, _overloaded) if _serve.batching else None
 
     async def _probabilities(self, items: list[Any]) -> np.ndarray:
         if self.runner is not None:
             probabilities = await self.runner.probabilities(items)
-            if _sampled():
-                self.runner.log_served(self.model_tag, items, probabilities, _monitor.log_text, _monitor_dir)
+            self.runner.watch(items, probabilities)
             return probabilities
         if self._forward is not None:
             return await self._forward(items)
@@ -535,12 +518,9 @@ class TunelineService:
         """Tag, labels, test metrics, data version and code revision of the model this server answers with."""
         if self.info is None:  # split layout: the network's device and runtime are the model service's to say
             network = self.model_service.to_sync.describe()
-            self.info = _model_info(self.model_tag, self._stored, self.labels, network["device"]).model_copy(
-                update={"runtime": network["runtime"], "runtime_reason": network["reason"]})
+            self.info = _model_info(self.model_tag, self._stored, self.labels, network["device"], network)
         # Read the registry now: `tuneline promote` or `rollback` may have moved the pointer since this server started.
         return self.info.model_copy(update={"champion": champion(self.model_tag.split(":", 1)[0]) == self.model_tag})
-
-
 
 
 def _message_of(body: str) -> str:
@@ -553,8 +533,9 @@ def _message_of(body: str) -> str:
         return body
 
 
-def _model_info(tag: str, stored: Any, labels: list[str], device: str) -> ModelInfo:
-    """What GET /model reports, from the stored model's package.json (written by the package stage) when it has one."""
+def _model_info(tag: str, stored: Any, labels: list[str], device: str, runtime: dict[str, str]) -> ModelInfo:
+    """What GET /model reports, from the stored model's package.json (written by the package stage) when it has one,
+    and the network's runtime (fastpath.load_served's verdict: runtime and reason)."""
     from components.io import read_json
     from components.package import RECORD_FILE
 
@@ -574,6 +555,8 @@ def _model_info(tag: str, stored: Any, labels: list[str], device: str) -> ModelI
         device=device,
         workers=_serve.workers,
         layout=LAYOUT,
+        runtime=runtime["runtime"],
+        runtime_reason=runtime["reason"],
     )
 
 
