@@ -306,7 +306,7 @@ class TrainParams(Block):
     contrastive_pairs: Annotated[int, Field(ge=1, le=1000)] = 20  # rounds of pairs per train text (SetFit: 20)
     contrastive_epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
     contrastive_learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-5
-    contrastive_loss: Literal["cosent", "cosine"] = "cosent"  # sentence-transformers' CoSENTLoss / SetFit's
+    contrastive_loss: Literal["auto", "cosent", "cosine"] = "auto"  # sentence-transformers' CoSENTLoss / SetFit's
 
     @property
     def world_size(self) -> int:

@@ -38,9 +38,12 @@ def resolved(params: TrainParams, model: ModelParams, modality: Modality, train:
     if params.epochs == recipe.AUTO:
         line += f"{',' if chosen.chosen else ';'} epochs {epochs:g} ({len(train)} train rows in batches of " \
                 f"{params.batch_size * params.gradient_accumulation_steps * world_size})"
+    loss = recipe.contrastive_loss(params, len(labels))
+    if chosen.method == "contrastive" and params.contrastive_loss == recipe.AUTO:
+        line += f", train.contrastive_loss {loss} ({len(labels)} labels)"
     log.info("%s", line)
     return params.model_copy(update={"method": chosen.method, "learning_rate": chosen.learning_rate,
-                                     "epochs": epochs}), line
+                                     "epochs": epochs, "contrastive_loss": loss}), line
 
 
 def write_ranking(path: str | Path, chosen: str, ranking: list[CandidateScore]) -> None:

@@ -99,8 +99,10 @@ def test_the_tuned_encoder_must_fit_the_classifier() -> None:
         contrastive.copy_encoder(other, target)
 
 
-@pytest.mark.parametrize("loss", ["cosent", "cosine"])
-def test_tuning_changes_the_encoder_and_records_the_pooling(loss: str, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("loss", "used"), [("cosent", "CoSENTLoss"), ("cosine", "CosineSimilarityLoss"),
+                                           ("auto", "CoSENTLoss")])  # auto: CoSENT for two labels
+def test_tuning_changes_the_encoder_and_records_the_pooling(loss: str, used: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
     caplog.set_level(logging.INFO, logger="components")
@@ -110,7 +112,7 @@ def test_tuning_changes_the_encoder_and_records_the_pooling(loss: str, caplog: p
     rows = pd.concat([rows, rows.assign(text=rows["text"] + " indeed", augmented=True)], ignore_index=True)
     figures = contrastive.tune(built, rows, TrainParams(contrastive_pairs=1, batch_size=4, contrastive_loss=loss),
                                32, "head", "cpu")
-    assert f"{'CoSENTLoss' if loss == 'cosent' else 'CosineSimilarityLoss'}" in caplog.text
+    assert f"({used})" in caplog.text
     assert figures["contrastive_pairs"] == 2 * 8  # the original rows only
     assert figures["contrastive_steps"] == 4
     assert not torch.equal(built.model.base_model.encoder.layer[0].output.dense.weight, before)

@@ -91,14 +91,26 @@ def test_the_train_stage_resolves_every_auto_key_and_says_so(caplog: pytest.LogC
     params, line = resolved(AUTO, ModelParams(), text, frame(16, ("a", "b", "c")), ["a", "b", "c"])
     assert (params.method, params.learning_rate, params.epochs) == ("contrastive", 5e-5, 20.0)
     assert line in caplog.text and "train.method contrastive" in line and "epochs 20" in line
+    assert params.contrastive_loss == "cosine" and "train.contrastive_loss cosine (3 labels)" in line
+    params, line = resolved(AUTO, ModelParams(), text, frame(16), ["a", "b"])
+    assert params.contrastive_loss == "cosent" and "train.contrastive_loss cosent (2 labels)" in line
     image = modalities.get("image")()
     params, _ = resolved(AUTO, ModelParams(), image, frame(16), ["a", "b"])
     assert params.method == "finetune"
 
 
+def test_contrastive_loss_auto_picks_by_label_count() -> None:
+    assert [recipe.contrastive_loss(AUTO, labels) for labels in (2, 3, 20)] == ["cosent", "cosine", "cosine"]
+    assert recipe.contrastive_loss(TrainParams(contrastive_loss="cosine"), 2) == "cosine"  # a set key wins
+    assert recipe.contrastive_loss(TrainParams(contrastive_loss="cosent"), 3) == "cosent"
+    assert recipe.contrastive_loss(TrainParams(recipe="fixed"), 3) == "cosent"  # the loss before the rule
+
+
 def test_recipe_and_auto_values_are_checked() -> None:
     with pytest.raises(ConfigError, match="train.recipe: Input should be 'auto' or 'fixed'"):
         parse_params({"train": {"recipe": "smart"}})
+    with pytest.raises(ConfigError, match="train.contrastive_loss: Input should be 'auto', 'cosent' or 'cosine'"):
+        parse_params({"train": {"contrastive_loss": "triplet"}})
     with pytest.raises(ConfigError, match="augment.copies_per_example"):
         parse_params({"augment": {"copies_per_example": "lots"}})
     with pytest.raises(ConfigError, match="above max_copies_per_example"):

@@ -1,8 +1,8 @@
 """train.method contrastive for texts: tune the encoder on sentence pairs drawn from the train labels before the head
-trains, as SetFit does (Tunstall et al., 2022), with sentence-transformers' own trainer. The loss is CoSENT by
-default (Su, 2022: within each batch, every same-label pair's cosine is ranked above every other-label pair's),
-which beat SetFit's CosineSimilarityLoss on the same pairs at no extra cost (README, Few labels); `cosine` keeps
-SetFit's.
+trains, as SetFit does (Tunstall et al., 2022), with sentence-transformers' own trainer. The loss (under
+train.contrastive_loss auto, components/recipe.py) is CoSENT for two labels (Su, 2022: within each batch, every
+same-label pair's cosine is ranked above every other-label pair's) and SetFit's CosineSimilarityLoss for three or
+more: each led on the built-in corpus's task of that kind (README, Few labels).
 
 Each train text gets `contrastive_pairs` partners of its own label (target similarity 1) and as many of another
 label (target 0); the encoder learns to put a label's texts together, which a few examples per class teach better
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from components import recipe
 from components.config import TrainParams
 from components.modalities import Built
 from components.modalities.text.pooling import META_KEY as POOLING_KEY
@@ -77,7 +78,8 @@ def tune(built: Built, train: pd.DataFrame, params: TrainParams, max_tokens: int
         raise StageError(f"train.method contrastive makes the head read the mean of the tokens, which "
                          f"{type(built.model).__name__} cannot (its head reads the first token itself); set "
                          "train.method to finetune for this checkpoint")
-    loss = CoSENTLoss if params.contrastive_loss == "cosent" else CosineSimilarityLoss
+    labels = int(train["label"].nunique())
+    loss = CoSENTLoss if recipe.contrastive_loss(params, labels) == "cosent" else CosineSimilarityLoss
     started = time.perf_counter()
     rows = train[~train["augmented"].astype(bool)] if "augmented" in train.columns else train
     pairs = sentence_pairs(rows, params.contrastive_pairs, params.seed)
