@@ -304,7 +304,7 @@ class TrainParams(Block):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     calibrate: bool = True  # fit a temperature on the val split after training; evaluate and serving apply it
     contrastive_pairs: Annotated[int, Field(ge=1, le=1000)] = 20  # rounds of pairs per train text (SetFit: 20)
-    contrastive_epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    contrastive_epochs: Literal["auto"] | Annotated[float, Field(gt=0.0, le=100.0)] = "auto"  # passes over the pairs
     contrastive_learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-5
     contrastive_loss: Literal["auto", "cosent", "cosine"] = "auto"  # sentence-transformers' CoSENTLoss / SetFit's
 

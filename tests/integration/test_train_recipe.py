@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from components import modalities
+from components import modalities, recipe
 from components.config import DataParams, ModelParams, TrainParams
 from components.io import read_json, read_split, write_split
 from components.modalities import load_predictor
@@ -77,7 +77,8 @@ def test_contrastive_method_tunes_the_encoder_and_ships_one_plain_folder(prepare
     summary = read_json(tmp_path / "train.json")
     rows = len(read_split(prepared, "train"))
     assert summary["method"] == "contrastive" and summary["contrastive_pairs"] == 2 * rows
-    assert summary["contrastive_steps"] == -(-2 * rows // 16)
+    assert rows / 3 > recipe.ONE_PASS_UP_TO  # so train.contrastive_epochs auto makes two passes over the pairs
+    assert summary["contrastive_steps"] == 2 * -(-2 * rows // 16)
     meta = read_json(tmp_path / "model" / "tuneline.json")
     assert meta["pooling"] == NORMALISED_MEAN and meta["model"]["freeze_backbone"] is True
     assert meta["train"]["method"] == "contrastive"

@@ -112,7 +112,7 @@ def test_tuning_changes_the_encoder_and_records_the_pooling(loss: str, used: str
     rows = pd.concat([rows, rows.assign(text=rows["text"] + " indeed", augmented=True)], ignore_index=True)
     figures = contrastive.tune(built, rows, TrainParams(contrastive_pairs=1, batch_size=4, contrastive_loss=loss),
                                32, "head", "cpu")
-    assert f"({used})" in caplog.text
+    assert f"({used}), 1 pass over the pairs" in caplog.text  # contrastive_epochs auto: 4 rows per class
     assert figures["contrastive_pairs"] == 2 * 8  # the original rows only
     assert figures["contrastive_steps"] == 4
     assert not torch.equal(built.model.base_model.encoder.layer[0].output.dense.weight, before)

@@ -92,8 +92,11 @@ def test_the_train_stage_resolves_every_auto_key_and_says_so(caplog: pytest.LogC
     assert (params.method, params.learning_rate, params.epochs) == ("contrastive", 5e-5, 20.0)
     assert line in caplog.text and "train.method contrastive" in line and "epochs 20" in line
     assert params.contrastive_loss == "cosine" and "train.contrastive_loss cosine (3 labels)" in line
+    assert params.contrastive_epochs == 1.0 and "train.contrastive_epochs 1" in line
     params, line = resolved(AUTO, ModelParams(), text, frame(16), ["a", "b"])
     assert params.contrastive_loss == "cosent" and "train.contrastive_loss cosent (2 labels)" in line
+    params, line = resolved(AUTO, ModelParams(), text, frame(64, copies=1), ["a", "b"])
+    assert params.contrastive_epochs == 2.0 and line.endswith("train.contrastive_epochs 2")
     image = modalities.get("image")()
     params, _ = resolved(AUTO, ModelParams(), image, frame(16), ["a", "b"])
     assert params.method == "finetune"
@@ -106,11 +109,20 @@ def test_contrastive_loss_auto_picks_by_label_count() -> None:
     assert recipe.contrastive_loss(TrainParams(recipe="fixed"), 3) == "cosent"  # the loss before the rule
 
 
+def test_contrastive_epochs_auto_takes_a_second_pass_above_32_per_class() -> None:
+    assert [recipe.contrastive_epochs(AUTO, rows) for rows in (8, 32, 32.5, 64)] == [1.0, 1.0, 2.0, 2.0]
+    assert recipe.contrastive_epochs(TrainParams(contrastive_epochs=3), 8) == 3.0  # a set key wins
+    assert recipe.contrastive_epochs(TrainParams(contrastive_epochs=1), 64) == 1.0
+    assert recipe.contrastive_epochs(TrainParams(recipe="fixed"), 64) == 1.0  # its value before the rule
+
+
 def test_recipe_and_auto_values_are_checked() -> None:
     with pytest.raises(ConfigError, match="train.recipe: Input should be 'auto' or 'fixed'"):
         parse_params({"train": {"recipe": "smart"}})
     with pytest.raises(ConfigError, match="train.contrastive_loss: Input should be 'auto', 'cosent' or 'cosine'"):
         parse_params({"train": {"contrastive_loss": "triplet"}})
+    with pytest.raises(ConfigError, match="train.contrastive_epochs"):
+        parse_params({"train": {"contrastive_epochs": "twice"}})
     with pytest.raises(ConfigError, match="augment.copies_per_example"):
         parse_params({"augment": {"copies_per_example": "lots"}})
     with pytest.raises(ConfigError, match="above max_copies_per_example"):

@@ -6,7 +6,8 @@ more: each led on the built-in corpus's task of that kind (README, Few labels).
 
 Each train text gets `contrastive_pairs` partners of its own label (target similarity 1) and as many of another
 label (target 0); the encoder learns to put a label's texts together, which a few examples per class teach better
-than cross-entropy through a fresh head. The tuned weights are copied into the classifier's own encoder, so the
+than cross-entropy through a fresh head. Under train.contrastive_epochs auto the trainer makes one pass over the pairs
+up to 32 train texts per class and two above. The tuned weights are copied into the classifier's own encoder, so the
 model stays one safetensors folder that evaluate, the gate and the service load as before.
 """
 
@@ -82,11 +83,12 @@ def tune(built: Built, train: pd.DataFrame, params: TrainParams, max_tokens: int
     loss = CoSENTLoss if recipe.contrastive_loss(params, labels) == "cosent" else CosineSimilarityLoss
     started = time.perf_counter()
     rows = train[~train["augmented"].astype(bool)] if "augmented" in train.columns else train
+    passes = recipe.contrastive_epochs(params, len(rows) / labels)
     pairs = sentence_pairs(rows, params.contrastive_pairs, params.seed)
     encoder = encoder_of(built.source, max_tokens, device)
     with tempfile.TemporaryDirectory(prefix="tuneline-contrastive-") as output:
         arguments = SentenceTransformerTrainingArguments(
-            output_dir=output, num_train_epochs=params.contrastive_epochs,
+            output_dir=output, num_train_epochs=passes,
             per_device_train_batch_size=params.batch_size, learning_rate=params.contrastive_learning_rate,
             warmup_steps=params.warmup_ratio, weight_decay=params.weight_decay, seed=params.seed,
             use_cpu=device == "cpu", save_strategy="no", report_to=[], disable_tqdm=True, logging_strategy="no")
@@ -99,8 +101,9 @@ def tune(built: Built, train: pd.DataFrame, params: TrainParams, max_tokens: int
     built.meta[POOLING_KEY] = NORMALISED_MEAN
     fitted = fit_head(built, rows, max_tokens, truncation, params.batch_size * 4, device)
     seconds = time.perf_counter() - started
-    log.info("train.method contrastive: %d pairs from %d train texts tuned the encoder in %d steps (%s); %s (%.1f s "
-             "in all)", len(pairs), len(rows), steps, loss.__name__,
+    log.info("train.method contrastive: %d pairs from %d train texts tuned the encoder in %d steps (%s), %g "
+             "pass%s over the pairs; %s (%.1f s in all)", len(pairs), len(rows), steps, loss.__name__, passes,
+             "" if passes == 1 else "es",
              "a logistic regression on its vectors is the head's start" if fitted else "the head starts as built",
              seconds)
     return {"contrastive_pairs": len(pairs), "contrastive_steps": steps, "contrastive_seconds": round(seconds, 3)}
