@@ -16,9 +16,8 @@ on the binary task's held-out draws).
 
 A key set to a value in params.yaml wins over the rule; `auto` asks the rule. With train.recipe: fixed, every
 `auto` key takes the one value it had before the rule (finetune, 3 epochs, 5e-5, 0.5 copies, CoSENT, one pass over
-the pairs). Where contrastive
-cannot run (a modality without it, several processes, a LoRA adapter, gradual unfreezing) the rule takes finetune,
-and a small split then gets the finetune row's values but its own epochs.
+the pairs). Where contrastive cannot run (a modality without it, several processes, a LoRA adapter, gradual
+unfreezing) the rule takes finetune, and a small split then gets the finetune row's values but its own epochs.
 """
 
 from __future__ import annotations
