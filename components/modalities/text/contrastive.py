@@ -79,11 +79,12 @@ def tune(built: Built, train: pd.DataFrame, params: TrainParams, max_tokens: int
         raise StageError(f"train.method contrastive makes the head read the mean of the tokens, which "
                          f"{type(built.model).__name__} cannot (its head reads the first token itself); set "
                          "train.method to finetune for this checkpoint")
-    labels = int(train["label"].nunique())
-    loss = CoSENTLoss if recipe.contrastive_loss(params, labels) == "cosent" else CosineSimilarityLoss
+    # the train stage passes these keys resolved; a direct caller with `auto` gets the same rule from the same counts
+    labels = sorted(train["label"].astype(str).unique())
+    loss = CoSENTLoss if recipe.contrastive_loss(params, len(labels)) == "cosent" else CosineSimilarityLoss
+    passes = recipe.contrastive_epochs(params, recipe.original_rows_per_class(train, labels))
     started = time.perf_counter()
     rows = train[~train["augmented"].astype(bool)] if "augmented" in train.columns else train
-    passes = recipe.contrastive_epochs(params, len(rows) / labels)
     pairs = sentence_pairs(rows, params.contrastive_pairs, params.seed)
     encoder = encoder_of(built.source, max_tokens, device)
     with tempfile.TemporaryDirectory(prefix="tuneline-contrastive-") as output:
