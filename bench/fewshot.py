@@ -1,7 +1,8 @@
 """Few labels: Tuneline against SetFit on the same rows, at 8 to 64 examples per class and on the whole train split.
 
-`python -m bench.fewshot [--draws N] [--sizes 8,16,32,64,all] [--tasks binary,three] [--quick]` (or
-`make bench-fewshot`, which also makes SetFit's venv, bench/.venv-setfit, from bench/setfit-requirements.txt).
+`python -m bench.fewshot [--draws N] [--first-draw K] [--sizes 8,16,32,64,all] [--tasks binary,three]
+[--record FILE] [--quick]` (or `make bench-fewshot`, which also makes SetFit's venv, bench/.venv-setfit, from
+bench/setfit-requirements.txt).
 
 The built-in corpus is prepared once with the data block's defaults (components.prepare.run: the hash split), so
 every model is scored on the same test split: `binary` keeps its fresh and rotten rows (a sentiment task), `three`
@@ -21,12 +22,18 @@ macro-F1 (mean ± sd over draws), the paired difference with a bootstrap interva
 draw's test rows, both systems scored on the same resampled rows), the TF-IDF baseline on the same rows, and the
 train time (model load, augmentation and training; not scoring). `--quick` checks that it runs, in a few minutes
 (8 per class, 3 steps, 1 pair per row, 20 test rows); its figures mean nothing.
+
+The full run takes hours on 2 cores, so it can be done in parts: `--record FILE` appends each outcome (task, size,
+draw, both systems' test predictions, seconds, the commit that ran it) as one JSON line as soon as it is measured,
+and a later run with the same FILE reuses the outcomes it holds instead of training them again; `--first-draw K`
+starts at draw K. A stopped run resumes where it stopped, and the table covers every outcome asked for.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -68,6 +75,7 @@ class Outcome:
     tuneline_seconds: float
     setfit_seconds: float
     epochs: float
+    commit: str = ""  # what measured it (git's short HEAD, +dirty for local changes)
 
 
 def per_label(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
@@ -143,10 +151,52 @@ def run_setfit(task: Path, train: pd.DataFrame, folder: Path, pairs: int, seed: 
     return answer["predicted"], answer["train_seconds"]
 
 
-def measure(tasks: list[str], sizes: tuple[int | None, ...], draws: int, quick: bool) -> list[Outcome]:
-    """Both systems on every task, size and draw."""
+def commit() -> str:
+    """The commit this run measures, `+dirty` when the working tree has changes (a record names what it measured)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def recorded(record: Path | None) -> dict[tuple[str, int | None, int], Outcome]:
+    """The outcomes a --record file holds, by (task, size, draw); a line that is not one is an error naming it."""
+    if record is None or not record.exists():
+        return {}
+    names = {field.name for field in dataclasses.fields(Outcome)}
+    held = {}
+    for number, line in enumerate(record.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            outcome = Outcome(**{name: row[name] for name in names if name in row})
+        except (ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"{record}:{number} is not an outcome this benchmark wrote ({error}); remove the line "
+                             "or pass another --record file") from None
+        held[(outcome.task, outcome.size, outcome.draw)] = outcome
+    return held
+
+
+def measure(tasks: list[str], sizes: tuple[int | None, ...], draws: int, quick: bool, first_draw: int = 0,
+            record: Path | None = None) -> list[Outcome]:
+    """Both systems on every task, size and draw (draws first_draw .. first_draw + draws - 1); outcomes already in
+    `record` are reused, and each new one is appended to it."""
     from components import metrics, modalities, prepare
     from components.io import read_split
+
+    held = {} if quick else recorded(record)
+    wanted = [(name, size, draw) for name in tasks for draw in range(first_draw, first_draw + (1 if quick else draws))
+              for size in sizes]
+    reused = [held[key] for key in wanted if key in held]
+    if reused:
+        print(f"  reusing {len(reused)} of {len(wanted)} outcomes from {record} (measured at "
+              f"{', '.join(sorted({o.commit for o in reused}))})", flush=True)
+    if len(reused) == len(wanted):
+        return reused
+    this_commit = commit()
 
     modality = modalities.for_params(Params(data=DataParams()))
     train_params = TrainParams(max_steps=3, batch_size=8, contrastive_pairs=1) if quick else TrainParams()
@@ -157,8 +207,15 @@ def measure(tasks: list[str], sizes: tuple[int | None, ...], draws: int, quick: 
         for name in tasks:
             task = task_folder(work / "prepared", TASKS[name], work / name, quick)
             full_train, truth = read_split(task, "train"), read_split(task, "test")["label"].astype(str).tolist()
-            for draw in range(draws if not quick else 1):
+            for draw in range(first_draw, first_draw + (draws if not quick else 1)):
                 for size in sizes:
+                    if (name, size, draw) in held:
+                        if held[(name, size, draw)].truth != truth:
+                            raise SystemExit(f"{record} holds {name}, {size or 'all'} per class, draw {draw} scored "
+                                             "on other test rows than today's split (the corpus or the split "
+                                             "changed): pass a new --record file")
+                        outcomes.append(held[(name, size, draw)])
+                        continue
                     rows = per_label(full_train, size, seed=draw)
                     folder = work / name / f"{size or 'all'}-{draw}"
                     settings = train_params.model_copy(update={"seed": train_params.seed + draw})
@@ -168,8 +225,11 @@ def measure(tasks: list[str], sizes: tuple[int | None, ...], draws: int, quick: 
                     theirs, theirs_s = run_setfit(task, rows, folder, pairs, seed=draw)
                     theirs_f1 = metrics.classification_metrics(truth, theirs, list(TASKS[name]))["macro"]["f1"]
                     outcome = Outcome(name, size, draw, truth, ours, theirs, ours_f1, theirs_f1, baseline, ours_s,
-                                      theirs_s, epochs)
+                                      theirs_s, epochs, this_commit)
                     outcomes.append(outcome)
+                    if record is not None and not quick:
+                        with record.open("a", encoding="utf-8") as out:
+                            out.write(json.dumps(dataclasses.asdict(outcome)) + "\n")
                     print(f"  {name}, {size or 'all'} per class, draw {draw}: {len(rows)} rows; Tuneline "
                           f"{ours_f1:.4f} ({method}, {epochs:g} epochs, {ours_s:.0f} s), SetFit {theirs_f1:.4f} "
                           f"({theirs_s:.0f} s), TF-IDF {baseline:.4f}", flush=True)
@@ -232,10 +292,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--draws", type=int, default=5, help="draws of the train rows per size; default 5")
     parser.add_argument("--sizes", type=_sizes, default=SIZES, help="examples per class, e.g. 8,16,32,64,all")
     parser.add_argument("--tasks", type=_tasks, default=list(TASKS), help="binary, three, or both (default)")
+    parser.add_argument("--first-draw", type=int, default=0, help="the first draw (default 0): draws K .. K+N-1")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="a JSON-lines file: outcomes in it are reused, new ones appended (resumable runs)")
     parser.add_argument("--quick", action="store_true", help="a check that the benchmark runs; figures mean nothing")
     args = parser.parse_args(argv)
     if args.draws < 1:
         parser.error("--draws must be at least 1")
+    if args.first_draw < 0:
+        parser.error("--first-draw must be 0 or more")
+    if args.record is not None and args.record.is_dir():
+        parser.error(f"--record {args.record} is a folder; give a file (e.g. bench/results/fewshot.jsonl)")
     if not SETFIT_PYTHON.exists():
         parser.error(f"SetFit's venv is missing ({SETFIT_PYTHON}); `make bench-fewshot` makes it")
 
@@ -246,10 +313,13 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     sizes = (8,) if args.quick else args.sizes
     print(f"Few labels, Tuneline against SetFit: tasks {args.tasks}, sizes {[s or 'all' for s in sizes]} per class, "
-          f"{1 if args.quick else args.draws} draw(s){' (quick: figures mean nothing)' if args.quick else ''}",
+          f"{1 if args.quick else args.draws} draw(s) from draw {args.first_draw}"
+          f"{' (quick: figures mean nothing)' if args.quick else ''}",
           flush=True)
     started = time.perf_counter()
-    outcomes = measure(args.tasks, sizes, args.draws, args.quick)
+    if args.record is not None:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+    outcomes = measure(args.tasks, sizes, args.draws, args.quick, args.first_draw, args.record)
     elapsed = time.perf_counter() - started
     print()
     print(table(outcomes))
