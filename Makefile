@@ -107,7 +107,7 @@ $(SETFIT_VENV)/.installed: bench/setfit-requirements.txt
 	$(SETFIT_VENV)/bin/python -m pip --disable-pip-version-check install -q -r bench/setfit-requirements.txt
 	touch $@
 
-bench-fewshot: install $(SETFIT_VENV)/.installed  ## Tuneline against SetFit on the same rows: 8-64 examples per class and all (FEWSHOT_ARGS="--record FILE" makes it resumable)
+bench-fewshot: install $(SETFIT_VENV)/.installed  ## Tuneline vs SetFit on the same rows, 8-64 per class and all (FEWSHOT_ARGS="--record FILE": resumable)
 	$(PY) -m bench.fewshot $(FEWSHOT_ARGS)
 
 bench-soak: install  ## 100,000 requests at concurrency 32 against the real server: errors, RSS and p99 every 10 s
