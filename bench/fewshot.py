@@ -75,7 +75,7 @@ class Outcome:
     tuneline_seconds: float
     setfit_seconds: float
     epochs: float
-    commit: str = ""  # what measured it (git's short HEAD, +dirty for local changes)
+    commit: str = ""  # what measured it: components.package.code_revision (+dirty for local changes)
 
 
 def per_label(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
@@ -151,16 +151,6 @@ def run_setfit(task: Path, train: pd.DataFrame, folder: Path, pairs: int, seed: 
     return answer["predicted"], answer["train_seconds"]
 
 
-def commit() -> str:
-    """The commit this run measures, `+dirty` when the working tree has changes (a record names what it measured)."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def recorded(record: Path | None) -> dict[tuple[str, int | None, int], Outcome]:
     """The outcomes a --record file holds, by (task, size, draw); a line that is not one is an error naming it."""
     if record is None or not record.exists():
@@ -186,17 +176,18 @@ def measure(tasks: list[str], sizes: tuple[int | None, ...], draws: int, quick: 
     `record` are reused, and each new one is appended to it."""
     from components import metrics, modalities, prepare
     from components.io import read_split
+    from components.package import code_revision
 
     held = {} if quick else recorded(record)
-    wanted = [(name, size, draw) for name in tasks for draw in range(first_draw, first_draw + (1 if quick else draws))
-              for size in sizes]
+    draw_numbers = range(first_draw, first_draw + (1 if quick else draws))
+    wanted = [(name, size, draw) for name in tasks for draw in draw_numbers for size in sizes]
     reused = [held[key] for key in wanted if key in held]
     if reused:
         print(f"  reusing {len(reused)} of {len(wanted)} outcomes from {record} (measured at "
               f"{', '.join(sorted({o.commit for o in reused}))})", flush=True)
     if len(reused) == len(wanted):
         return reused
-    this_commit = commit()
+    this_commit = code_revision(ROOT)
 
     modality = modalities.for_params(Params(data=DataParams()))
     train_params = TrainParams(max_steps=3, batch_size=8, contrastive_pairs=1) if quick else TrainParams()
@@ -207,7 +198,7 @@ def measure(tasks: list[str], sizes: tuple[int | None, ...], draws: int, quick: 
         for name in tasks:
             task = task_folder(work / "prepared", TASKS[name], work / name, quick)
             full_train, truth = read_split(task, "train"), read_split(task, "test")["label"].astype(str).tolist()
-            for draw in range(first_draw, first_draw + (draws if not quick else 1)):
+            for draw in draw_numbers:
                 for size in sizes:
                     if (name, size, draw) in held:
                         if held[(name, size, draw)].truth != truth:
