@@ -352,10 +352,10 @@ class EvaluateParams(Block):
 class FastPathParams(Block):
     """A faster runtime exported at package time, served only if it passes the parity gate on the test split."""
 
-    # auto: the modality's runtimes fastest first (texts: onnx-int8, torch-bf16, onnx), the first that passes the
-    # parity gate and beats PyTorch's speed on the test split is kept;
+    # auto: the modality's runtimes fastest first (texts: onnx-int8, torchscript-bf16, torch-bf16, onnx), the first
+    # that passes the parity gate and beats PyTorch's speed on the test split is kept;
     # one name: only that one; none: serve PyTorch, export nothing.
-    runtime: Literal["auto", "onnx-int8", "torch-bf16", "onnx", "none"] = "auto"
+    runtime: Literal["auto", "onnx-int8", "torchscript-bf16", "torch-bf16", "onnx", "none"] = "auto"
     min_agreement: Probability = 0.995  # share of test rows whose predicted label equals PyTorch's
     # how far its macro-F1 may fall below PyTorch's; a negative value demands it be higher by that much
     max_f1_drop: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.005

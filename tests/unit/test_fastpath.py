@@ -1,4 +1,5 @@
-"""The faster CPU paths for text (components/modalities/text/fast.py: ONNX Runtime fp32 and int8, PyTorch bf16)
+"""The faster CPU paths for text (components/modalities/text/fast.py: ONNX Runtime fp32 and int8, PyTorch bf16 eager
+and traced)
 against the PyTorch classifier on the same texts, the parity gate (components/fastpath.py) that decides whether one may
 serve, and what the service loads from the verdict."""
 
@@ -116,6 +117,46 @@ def test_an_export_that_passes_is_served_unless_told_otherwise_or_broken(model_d
 def test_bf16_keeps_pytorch_s_probabilities_closely(model_dir: Path) -> None:
     reference = Classifier.load(model_dir, "cpu").predict_proba(TEXTS)
     assert np.abs(fast.bf16_classifier(model_dir).predict_proba(TEXTS) - reference).max() < 0.05
+
+
+def test_the_traced_bf16_graph_answers_as_the_eager_model_at_shapes_it_was_not_traced_on(model_dir: Path) -> None:
+    eager = fast.bf16_classifier(model_dir)
+    traced = fast.traced_bf16_classifier(model_dir)
+    assert isinstance(traced, fast.TracedClassifier) and traced.labels == LABELS
+    # traced on 2 texts of a few tokens; here 1, 5 and 18 texts per pass, up to ~30 tokens, padded or not
+    for batch_size in (1, 5, 32):
+        expected = eager.predict_proba(TEXTS, batch_size)
+        assert np.abs(traced.predict_proba(TEXTS, batch_size) - expected).max() < 1e-3
+
+
+def test_a_model_the_tracer_cannot_follow_is_an_export_error_and_the_gate_s_verdict(
+        model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from components.modalities.text import TextModality
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Tracer cannot infer type of output\nmore detail")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    with pytest.raises(fast.ExportError, match="tracing the model into TorchScript failed: RuntimeError: Tracer "
+                                               "cannot infer type of output$"):
+        fast.traced_bf16_classifier(model_dir)
+    verdict = export_and_gate(TextModality(), model_dir, tmp_path / "fast", TEXTS, reference_labels(model_dir),
+                              LABELS, FastPathParams(runtime="torchscript-bf16"))
+    assert verdict["runtime"] == "pytorch" and "torchscript-bf16: tracing the model" in verdict["reason"]
+
+
+def test_a_traced_bf16_verdict_serves_the_traced_graph(model_dir: Path, tmp_path: Path) -> None:
+    from components.modalities.text import TextModality
+
+    # the untrained head's near-ties may flip in bf16: what matters here is what a passing verdict loads
+    verdict = export_and_gate(TextModality(), model_dir, tmp_path / "fast", TEXTS, reference_labels(model_dir),
+                              LABELS, FastPathParams(runtime="torchscript-bf16", min_agreement=0.5, max_f1_drop=1.0))
+    assert verdict["runtime"] == "torchscript-bf16" and verdict["file"] is None  # nothing stored: traced when loaded
+    assert sorted(path.name for path in (tmp_path / "fast").iterdir()) == [VERDICT_FILE]
+    predictor, runtime = load_served(TextModality(), stored(model_dir, tmp_path / "fast", tmp_path / "m"), "cpu")
+    assert runtime["runtime"] == "torchscript-bf16" and isinstance(predictor.inner, fast.TracedClassifier)
 
 
 def test_nothing_is_exported_when_switched_off_or_for_a_modality_without_one(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Faster CPU paths for a trained text classifier: the network exported to ONNX and run by ONNX Runtime, in fp32 or
-with int8 dynamic quantisation of its linear layers; or PyTorch itself in bfloat16.
+with int8 dynamic quantisation of its linear layers; or PyTorch itself in bfloat16, eager or traced into one frozen
+TorchScript graph.
 
 Texts go through exactly what Classifier does (normalise, tokenise, length-sorted batches cut for little padding);
 only the forward pass changes. The export uses torch's dynamo exporter with the batch and sequence dimensions
@@ -28,6 +29,7 @@ ONNX_FP32 = "model.onnx"
 ONNX_INT8 = "model.int8.onnx"
 FILES = {"onnx": ONNX_FP32, "onnx-int8": ONNX_INT8}  # runtime name (package.fast_path.runtime) -> its file
 TORCH_BF16 = "torch-bf16"  # no file: the trained weights, cast to bfloat16 when loaded
+TORCHSCRIPT_BF16 = "torchscript-bf16"  # no file: the same, then traced into a TorchScript graph when loaded
 INPUTS = ("input_ids", "attention_mask")  # one text per row: BERT's token types are all zero
 
 
@@ -151,3 +153,53 @@ def bf16_classifier(model_dir: str | Path) -> Classifier:
     classifier = Classifier.load(model_dir, "cpu")
     classifier.model = classifier.model.to(torch.bfloat16)
     return classifier
+
+
+def traced_bf16_classifier(model_dir: str | Path) -> TracedClassifier:
+    """bf16_classifier with its forward pass traced into a frozen TorchScript graph (see TracedClassifier)."""
+    return TracedClassifier.trace(bf16_classifier(model_dir))
+
+
+class TracedClassifier(Classifier):
+    """Classifier whose forward pass runs as one frozen TorchScript graph, traced from the eager model.
+
+    Why: torch runs a traced graph's operators in C++ with the interpreter lock released, where the eager model goes
+    back to Python between operators. In the service the event loop that parses and answers HTTP requests shares
+    the process with the model thread; with the eager model each of its stretches of Python stalled the forward
+    pass, with the graph they run beside it (bench/README.md: served texts/s at concurrency 32 on 2 cores).
+
+    A trace records the path one example took. transformers' mask code takes two shape-dependent branches (padding
+    beyond the mask's length, causal attention without a mask) that stay the same for an encoder's padded batches,
+    so the graph holds at other batch sizes and lengths; the parity gate runs it on the test split's own shapes
+    before it may serve. TorchScript is deprecated in torch in favour of torch.export and torch.compile; torch is
+    pinned here, and its deprecation warnings are kept out of the output.
+    """
+
+    def __init__(self, classifier: Classifier, graph: Any) -> None:
+        super().__init__(classifier.model, classifier.tokenizer, classifier.labels, classifier.max_length, "cpu",
+                         classifier.truncation)
+        self.graph = graph
+
+    @classmethod
+    def trace(cls, classifier: Classifier) -> TracedClassifier:
+        """The classifier's model traced on two short padded texts and frozen (weights folded in as constants).
+
+        Raises:
+            ExportError: the model could not be traced.
+        """
+        import torch
+
+        example = classifier.tokenizer(["an example", "a slightly longer example text"], padding=True,
+                                       return_tensors="pt")
+        try:
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # TorchScript's deprecation, the tracer's notes on those branches
+                graph = torch.jit.freeze(torch.jit.trace(_logits_module(classifier.model),
+                                                         tuple(example[name] for name in INPUTS), strict=False))
+        except Exception as exc:  # noqa: BLE001 - a model the tracer cannot follow: serve another runtime
+            raise ExportError(f"tracing the model into TorchScript failed: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
+        return cls(classifier, graph)
+
+    def logits(self, batch: Any) -> Any:
+        return self.graph(*(batch[name] for name in INPUTS)).float()
