@@ -1,7 +1,9 @@
 """Soak: the real server under steady load for 100,000 requests; does it leak, slow down or fail as time passes?
 
-`python -m bench.soak` (or `make bench-soak`). The model and texts are bench.serve_speed's (the pip-shipped MiniLM
-with a new 3-label head, 512 corpus snippets, one text per request, round-robin), served by the real `bentoml serve
+`python -m bench.soak` (or `make bench-soak`). The model and texts are bench.serve_speed's: the project's champion
+when `make run` has made one, with the faster runtime its package stage kept (as users serve it), else, or with
+--untrained, the pip-shipped MiniLM with a new 3-label head in PyTorch; 512 corpus snippets, one text per request,
+round-robin. It is served by the real `bentoml serve
 serving.service:TunelineService` with params.yaml as shipped (adaptive batching on, monitoring on: every answered
 text is logged, into a temporary folder). wrk drives it at concurrency 32 in back-to-back 10-second windows until
 --requests requests have been answered; after each window the server's RSS (the process and all its children,
@@ -23,8 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from bench.serve_speed import (PROJECT_ROOT, WrkResult, build_model, check_response, find_wrk, lua_script,
-                               params_copy, read_texts, run_wrk, start_server, stop_server)
+                               params_copy, project_champion, read_texts, run_wrk, start_server, stop_server)
 
 WINDOW_S = 10
 CONCURRENCY = 32
@@ -96,6 +100,8 @@ def main() -> None:
                         help="seconds of load before the RSS and p99 baselines (default 60)")
     parser.add_argument("--n-texts", type=int, default=512, help="texts to cycle through (default 512)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample of the built-in corpus")
+    parser.add_argument("--untrained", action="store_true",
+                        help="serve the untrained model in PyTorch even where the project has a champion")
     args = parser.parse_args()
     if args.requests < 1 or args.warmup_s < 0:
         parser.error("--requests must be at least 1 and --warmup-s at least 0")
@@ -103,6 +109,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="tuneline-bench-soak-") as folder:
         work = Path(folder)
+        project_store = Path(os.environ.get("BENTOML_HOME") or PROJECT_ROOT / ".bentoml")  # where make run stores
         os.environ["BENTOML_HOME"] = str(work / "bentoml")
         os.environ["TUNELINE_MONITOR_DIR"] = str(work / "monitoring")  # the served rows: logged, then thrown away
         from components.config import PARAMS_FILE, load_params
@@ -114,8 +121,12 @@ def main() -> None:
 
         params = load_params(PROJECT_ROOT / PARAMS_FILE)
         texts, source = read_texts(None, args.n_texts, params.serve.max_text_chars, args.seed)
-        (work / "model").mkdir()
-        model_dir, what = build_model(work / "model", None, False, params.settings("text").max_tokens)
+        champion = None if args.untrained else project_champion(project_store, params.package.model_name)
+        if champion is not None:
+            model_dir, what = champion, f"the project's champion ({champion.name}, trained by make run)"
+        else:
+            (work / "model").mkdir()
+            model_dir, what = build_model(work / "model", None, False, params.settings("text").max_tokens)
         tag = store(model_dir, params.package.model_name, {"labels": read_meta(model_dir)["labels"],
                                                             "purpose": "bench.soak"})
         script = work / "one_text_per_request.lua"
@@ -124,6 +135,7 @@ def main() -> None:
         windows: list[Window] = []
         try:
             check_response(url, texts[0])
+            runtime = httpx.get(f"{url}/model", timeout=30).json()["runtime"]
             began = time.monotonic()
             answered = 0
             while answered < args.requests:
@@ -138,7 +150,7 @@ def main() -> None:
         finally:
             stop_server(process)
 
-    setup = [f"model: {tag}: {what}; cold start {cold_start:.1f} s",
+    setup = [f"model: {tag}: {what}, served by {runtime}; cold start {cold_start:.1f} s",
              f"texts: {len(texts)} from {source}; one text per request",
              f"load generator: {wrk_version}, -t1 -c{CONCURRENCY}, back-to-back {WINDOW_S} s windows",
              f"monitoring: on (params.yaml), {logged:,} served rows logged"]
