@@ -49,11 +49,27 @@ def project_root() -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect server for the whole session (each start costs 10-20 s)."""
+    """One temporary Prefect server for the whole session (each start costs 10-20 s).
+
+    Its start is tried up to three times: Prefect's wait for its new server retries only refused connections, and a
+    connection the starting server accepted and dropped (httpx.RemoteProtocolError) once failed every test of a
+    session that used it.
+    """
+    import httpx
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    for attempt in range(3):
+        harness = prefect_test_harness(server_startup_timeout=120)
+        try:
+            harness.__enter__()
+            break
+        except httpx.TransportError:
+            if attempt == 2:
+                raise
+    try:
         yield
+    finally:
+        harness.__exit__(None, None, None)
 
 
 @pytest.fixture
