@@ -23,7 +23,11 @@ class Prediction:
 
 
 class Predictor(Protocol):
-    """A trained model folder loaded for inference (text's Classifier, image's ImagePredictor, ...)."""
+    """A trained model folder loaded for inference (text's Classifier, image's ImagePredictor, ...).
+
+    One whose forward pass runs without Python's interpreter lock says so with a class attribute
+    `overlapping_passes = True`: the service then runs two passes at once on a CPU (serve.forward_passes).
+    """
 
     labels: list[str]
     device: str

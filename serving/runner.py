@@ -1,6 +1,6 @@
 """The served network in one process: the stored model loaded on its device (or the faster runtime the package stage
-gated), its forward passes in one long-lived thread, adaptive batching, the model's Prometheus histograms, and the
-served rows `tuneline monitor` reads.
+gated), its forward passes in long-lived threads (serve.forward_passes at once), adaptive batching, the model's
+Prometheus histograms, and the served rows `tuneline monitor` reads.
 
 Both layouts of serving/service.py hold one: the single layout in each HTTP worker, the split layout in its one model
 service behind the API workers.
@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,11 +48,21 @@ model_seconds = bentoml.metrics.Histogram(
 
 
 def request_batcher(predict: Callable[[Sequence[list[Any]]], Any], serve: ServeParams,
-                    overloaded: Callable[[], Exception], **options: Any) -> GreedyBatcher:
+                    overloaded: Callable[[], Exception], calls: int = 1, **options: Any) -> GreedyBatcher:
     """A GreedyBatcher within serve.*'s limits: whole requests per call, up to max_texts_per_request texts (or
-    max_batch_size, if larger); a request that waited past max_latency_ms gets `overloaded()`."""
-    return GreedyBatcher(predict, max_texts=max(serve.max_texts_per_request, serve.max_batch_size),
-                         max_latency_s=serve.max_latency_ms / 1000, overloaded=overloaded, **options)
+    max_batch_size, if larger); a request that waited past max_latency_ms gets `overloaded()`.
+
+    With `calls` calls at once (serve.forward_passes), each call takes up to an equal share of max_batch_size texts
+    (batch_share): one call that took every waiting text would leave the other passes idle, and concurrent clients
+    would fall into one group that takes turns with nobody. A request larger than the share still goes, alone."""
+    max_texts = batch_share(serve, calls) if calls > 1 else max(serve.max_texts_per_request, serve.max_batch_size)
+    return GreedyBatcher(predict, max_texts=max_texts, max_latency_s=serve.max_latency_ms / 1000,
+                         overloaded=overloaded, calls=calls, **options)
+
+
+def batch_share(serve: ServeParams, calls: int) -> int:
+    """Each of `calls` calls' equal share of serve.max_batch_size texts (rounded up)."""
+    return -(-serve.max_batch_size // calls)
 
 
 def per_request(probabilities: np.ndarray, requests: Sequence[list[Any]]) -> list[np.ndarray]:
@@ -68,7 +79,8 @@ class ModelRunner:
             block).
         overloaded: the exception for a request that waited past serve.max_latency_ms (the service makes it a 503).
         monitor_dir: where BentoML's monitoring API writes the served rows (named in the log when that fails).
-        processes: how many processes on this machine run a copy of the model; each takes its share of the cores.
+        processes: how many processes on this machine run a copy of the model; each takes its share of the cores,
+            and each of its forward passes running at once a share of that.
     """
 
     def __init__(self, stored: Any, params: Params, overloaded: Callable[[], Exception], monitor_dir: Path,
@@ -78,27 +90,37 @@ class ModelRunner:
         self.model_tag = str(stored.tag)  # name:latest resolved, so answers name the exact model
         self.max_batch_size = serve.max_batch_size
         self._monitor, self._monitor_dir = params.monitor, monitor_dir
-        share_cpu_threads(processes)
+        threads = share_cpu_threads(processes)
         # what the stored model classifies (its tuneline.json), with the params' block for it (request limits)
         self.modality = modalities.for_model(stored_path, params)
         # The faster runtime the package stage exported and gated, where it may serve; PyTorch otherwise.
         self.classifier, self.runtime = fastpath.load_served(self.modality, stored_path, "auto",
                                                              allowed=serve.runtime == "auto")
-        logger.info("serving %s with %s: %s", self.model_tag, self.runtime["runtime"], self.runtime["reason"])
-        # One forward pass at a time (two at once would only split the same cores between them), always in the same
-        # thread: torch keeps per-thread state (the OpenMP team on a CPU, the cuBLAS handle on a GPU) warm there.
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tuneline-model")
+        self.forward_passes = forward_passes(serve.forward_passes, self.classifier, processes)
+        threads = max(1, threads // self.forward_passes)
+        logger.info("serving %s with %s (%d forward pass(es) at once, %d thread(s) each): %s", self.model_tag,
+                    self.runtime["runtime"], self.forward_passes, threads, self.runtime["reason"])
+        # serve.forward_passes at once, each always in the same thread: torch keeps per-thread state (the OpenMP
+        # team on a CPU, the cuBLAS handle on a GPU) warm there, and each thread runs on its share of the cores.
+        self._model_threads = ThreadPoolExecutor(max_workers=self.forward_passes, thread_name_prefix="tuneline-model",
+                                                 initializer=_use_threads, initargs=(threads,))
         self._batched = None
         if serve.batching:
-            # serve.max_batch_size bounds each forward pass, and a call that has that many texts need not gather.
+            # serve.max_batch_size bounds each forward pass, and a call that has that many texts (its share of them,
+            # with passes at once) need not gather.
             self._batched = request_batcher(self._predict_batches, serve, overloaded,
                                             on_batch=texts_per_batch.observe, on_wait=queue_seconds.observe,
-                                            executor=self._model_thread, gather=serve.batch_gather,
-                                            full_texts=serve.max_batch_size)
-        # A first forward pass, in the model thread, before the server reports ready: its one-off set-up (lazy
-        # imports, the thread team, kernel choices) is not a user's request's to wait for.
-        self._model_thread.submit(self.classifier.predict_proba, [self.modality.warm_up_input(self.classifier)],
-                                  1).result()
+                                            executor=self._model_threads, calls=self.forward_passes,
+                                            gather=serve.batch_gather,
+                                            full_texts=batch_share(serve, self.forward_passes))
+        # A first forward pass in each model thread, before the server reports ready: its one-off set-up (lazy
+        # imports, the thread team, kernel choices) is not a user's request's to wait for. The barrier holds each
+        # thread until all have started, so that every pass lands in a thread of its own.
+        started = threading.Barrier(self.forward_passes)
+        sample = [self.modality.warm_up_input(self.classifier)]
+        for warm_up in [self._model_threads.submit(_warm_up, started, self.classifier, sample)
+                        for _ in range(self.forward_passes)]:
+            warm_up.result()
         # torch, transformers and the model leave millions of long-lived objects behind, and each full collection of
         # the garbage collector walks them all: measured, 100-280 ms pauses that stall whichever requests are in
         # flight. Move them out of its reach; what requests allocate is still collected.
@@ -135,7 +157,7 @@ class ModelRunner:
         import asyncio
 
         texts_per_batch.observe(len(items))
-        return await asyncio.get_running_loop().run_in_executor(self._model_thread, self._predict_queued, items,
+        return await asyncio.get_running_loop().run_in_executor(self._model_threads, self._predict_queued, items,
                                                                 time.monotonic())
 
     def watch(self, items: list[Any], probabilities: np.ndarray) -> None:
@@ -152,11 +174,41 @@ class ModelRunner:
             logger.exception("could not log the served rows to %s", self._monitor_dir)
 
 
-def share_cpu_threads(processes: int) -> None:
-    """With several processes holding a model, each takes an equal share of the cores for its forward passes: N
-    processes with torch's default (one thread per core) each would oversubscribe the machine N times."""
-    if processes > 1:
-        import torch
+def forward_passes(setting: int | str, predictor: Any, processes: int = 1) -> int:
+    """serve.forward_passes resolved for a loaded predictor. auto: 2 on a CPU where the predictor's passes overlap
+    (`overlapping_passes`: its forward pass runs without the interpreter lock, as a traced graph does) and this
+    process's share of the cores is 2 or more; otherwise 1. Eager PyTorch goes back to Python between operators, so
+    its passes in two threads take turns at the lock (bench.serve_speed: 103 texts/s served against 125-143 with one
+    pass), and
+    on a GPU the passes queue on the one device anyway."""
+    if setting != "auto":
+        return int(setting)
+    overlap = predictor.device == "cpu" and getattr(predictor, "overlapping_passes", False)
+    return 2 if overlap and _cores() // processes >= 2 else 1
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // processes))
+
+def share_cpu_threads(processes: int) -> int:
+    """With several processes holding a model, each takes an equal share of the cores for its forward passes: N
+    processes with torch's default (one thread per core) each would oversubscribe the machine N times. Returns the
+    process's threads (torch's setting, which ONNX Runtime sessions loaded after it follow)."""
+    import torch
+
+    if processes > 1:
+        torch.set_num_threads(max(1, _cores() // processes))
+    return torch.get_num_threads()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _use_threads(threads: int) -> None:
+    """A model thread's start: its forward passes use `threads` threads (torch's setting is per thread)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _warm_up(started: threading.Barrier, classifier: Any, sample: list[Any]) -> None:
+    started.wait(timeout=600)
+    classifier.predict_proba(sample, 1)

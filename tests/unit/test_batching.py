@@ -197,3 +197,73 @@ def test_a_coroutine_predict_is_awaited_in_the_loop_and_merges_alike() -> None:
     assert answers[:3] == [["FIRST"], ["X"], ["Y", "Z"]]
     assert isinstance(answers[3], Overloaded)
     assert calls[:2] == [[["first"]], [["x"], ["y", "z"]]]
+
+
+class Gate:
+    """A model whose calls each wait until released one by one; records which calls were in progress together."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_progress: list[list[str]] = []
+        self.most_at_once = 0
+        self.calls: list[list[list[str]]] = []
+        self.releases = threading.Semaphore(0)
+
+    def __call__(self, requests: list[list[str]]) -> list[list[str]]:
+        texts = [text for request in requests for text in request]
+        with self.lock:
+            self.calls.append(requests)
+            self.in_progress.append(texts)
+            self.most_at_once = max(self.most_at_once, len(self.in_progress))
+        self.releases.acquire(timeout=10)
+        with self.lock:
+            self.in_progress.remove(texts)
+        return [[text.upper() for text in request] for request in requests]
+
+    async def running(self, count: int) -> None:
+        """Until `count` calls are in progress."""
+        for _ in range(500):
+            with self.lock:
+                if len(self.in_progress) >= count:
+                    return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{count} calls never ran at once: {self.in_progress}")
+
+
+def test_with_two_call_slots_a_second_request_runs_beside_the_first_and_a_third_waits_for_a_slot() -> None:
+    gate = Gate()
+
+    async def scenario() -> list:
+        batch = batcher(gate, calls=2)
+        first = asyncio.ensure_future(batch(["a"]))
+        await gate.running(1)
+        second = asyncio.ensure_future(batch(["b"]))
+        await gate.running(2)  # b went at once, beside a
+        third = asyncio.ensure_future(batch(["c"]))
+        fourth = asyncio.ensure_future(batch(["d"]))
+        await asyncio.sleep(0.05)
+        assert len(gate.calls) == 2  # both slots busy: c and d queue
+        gate.releases.release()  # one call ends; its slot takes what queued, in one call
+        await gate.running(2)
+        gate.releases.release(3)
+        return await asyncio.gather(first, second, third, fourth)
+
+    assert asyncio.run(scenario()) == [["A"], ["B"], ["C"], ["D"]]
+    assert gate.most_at_once == 2
+    assert gate.calls == [[["a"]], [["b"]], [["c"], ["d"]]]
+
+
+def test_a_call_slot_freed_by_a_failing_call_serves_the_next_request() -> None:
+    def failing(requests: list[list[str]]) -> list:
+        if any("boom" in texts for texts in requests):
+            raise RuntimeError("model failed")
+        return [len(texts) for texts in requests]
+
+    async def scenario() -> list:
+        batch = GreedyBatcher(failing, max_texts=10, max_latency_s=60, overloaded=Overloaded, calls=2)
+        failed = await asyncio.gather(batch(["boom"]), batch(["boom", "again"]), return_exceptions=True)
+        return [*failed, await asyncio.wait_for(batch(["fine", "too"]), timeout=5)]
+
+    first, second, answer = asyncio.run(scenario())
+    assert isinstance(first, RuntimeError) and isinstance(second, RuntimeError)
+    assert answer == 2

@@ -175,6 +175,8 @@ class TracedClassifier(Classifier):
     pinned here, and its deprecation warnings are kept out of the output.
     """
 
+    overlapping_passes = True  # its passes in two threads run side by side (serve.forward_passes)
+
     def __init__(self, classifier: Classifier, graph: Any) -> None:
         super().__init__(classifier.model, classifier.tokenizer, classifier.labels, classifier.max_length, "cpu",
                          classifier.truncation)
