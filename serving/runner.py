@@ -90,14 +90,19 @@ class ModelRunner:
         self.model_tag = str(stored.tag)  # name:latest resolved, so answers name the exact model
         self.max_batch_size = serve.max_batch_size
         self._monitor, self._monitor_dir = params.monitor, monitor_dir
-        threads = share_cpu_threads(processes)
+        process_threads = share_cpu_threads(processes)
+        # How many passes run at once is settled by the predictor loaded, but ONNX Runtime fixes its threads when its
+        # session is made: load with each pass's share of the most passes the setting allows, settle, then share.
+        most = 2 if serve.forward_passes == "auto" else serve.forward_passes
+        _use_threads(max(1, process_threads // most))
         # what the stored model classifies (its tuneline.json), with the params' block for it (request limits)
         self.modality = modalities.for_model(stored_path, params)
         # The faster runtime the package stage exported and gated, where it may serve; PyTorch otherwise.
         self.classifier, self.runtime = fastpath.load_served(self.modality, stored_path, "auto",
                                                              allowed=serve.runtime == "auto")
         self.forward_passes = forward_passes(serve.forward_passes, self.classifier, processes)
-        threads = max(1, threads // self.forward_passes)
+        threads = max(1, process_threads // self.forward_passes)
+        _use_threads(threads)
         logger.info("serving %s with %s (%d forward pass(es) at once, %d thread(s) each): %s", self.model_tag,
                     self.runtime["runtime"], self.forward_passes, threads, self.runtime["reason"])
         # serve.forward_passes at once, each always in the same thread: torch keeps per-thread state (the OpenMP
@@ -176,7 +181,8 @@ class ModelRunner:
 
 def forward_passes(setting: int | str, predictor: Any, processes: int = 1) -> int:
     """serve.forward_passes resolved for a loaded predictor. auto: 2 on a CPU where the predictor's passes overlap
-    (`overlapping_passes`: its forward pass runs without the interpreter lock, as a traced graph does) and this
+    (`overlapping_passes`: its forward pass runs without the interpreter lock, as a traced graph's and ONNX
+    Runtime's do) and this
     process's share of the cores is 2 or more; otherwise 1. Eager PyTorch goes back to Python between operators, so
     its passes in two threads take turns at the lock (bench.serve_speed: 103 texts/s served against 125-143 with one
     pass), and
@@ -203,7 +209,8 @@ def _cores() -> int:
 
 
 def _use_threads(threads: int) -> None:
-    """A model thread's start: its forward passes use `threads` threads (torch's setting is per thread)."""
+    """This thread's forward passes use `threads` threads (torch's setting is per thread; an ONNX Runtime session
+    loaded after it takes as many)."""
     import torch
 
     torch.set_num_threads(threads)

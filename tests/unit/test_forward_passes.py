@@ -40,12 +40,13 @@ def test_a_number_is_taken_as_given() -> None:
     assert runner.forward_passes(3, Eager()) == 3
 
 
-def test_the_traced_text_runtime_declares_overlapping_passes_through_the_temperature_wrapper() -> None:
-    from components.modalities.text.fast import TracedClassifier
+def test_the_traced_and_onnx_text_runtimes_declare_overlapping_passes_through_the_temperature_wrapper() -> None:
+    from components.modalities.text.fast import OnnxClassifier, TracedClassifier
     from components.modalities.text.predict import Classifier
     from components.predict import Calibrated
 
     assert Calibrated(TracedClassifier.__new__(TracedClassifier)).overlapping_passes is True
+    assert Calibrated(OnnxClassifier.__new__(OnnxClassifier)).overlapping_passes is True
     assert getattr(Calibrated(Classifier.__new__(Classifier)), "overlapping_passes", False) is False
 
 

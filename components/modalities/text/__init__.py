@@ -198,7 +198,8 @@ class TextModality(Modality):
             return fast.traced_bf16_classifier(model_dir)
         import torch
 
-        # as many threads as torch has here (one per core, or the worker's share of them: serve.workers)
+        # as many threads as torch has here: one per core, or the share of one worker (serve.workers) and of one
+        # of its forward passes (serve.forward_passes)
         return fast.OnnxClassifier.load_onnx(model_dir, file, threads=torch.get_num_threads())
 
     def decode_request(self, item: Any) -> Any:

@@ -117,6 +117,8 @@ def quantize(out_dir: str | Path) -> dict[str, Any]:
 class OnnxClassifier(Classifier):
     """Classifier with its forward pass run by ONNX Runtime's CPU provider on an exported file."""
 
+    overlapping_passes = True  # ONNX Runtime runs a session without the interpreter lock (serve.forward_passes)
+
     def __init__(self, session: Any, tokenizer: Any, labels: list[str], max_length: int,
                  truncation: str = "head") -> None:
         super().__init__(None, tokenizer, labels, max_length, "cpu", truncation)
