@@ -151,12 +151,14 @@ def test_a_request_that_waited_past_max_latency_is_refused_and_the_others_served
     assert model.calls == [[["hold"]]]
 
 
-def test_a_model_error_reaches_every_request_of_the_call_and_the_batcher_goes_on() -> None:
-    def failing(requests: list[list[str]]) -> list:
-        if any("boom" in texts for texts in requests):
-            raise RuntimeError("model failed")
-        return [len(texts) for texts in requests]
+def failing(requests: list[list[str]]) -> list:
+    """A model that fails any call holding the text "boom", and otherwise counts each request's texts."""
+    if any("boom" in texts for texts in requests):
+        raise RuntimeError("model failed")
+    return [len(texts) for texts in requests]
 
+
+def test_a_model_error_reaches_every_request_of_the_call_and_the_batcher_goes_on() -> None:
     async def scenario() -> tuple:
         batch = GreedyBatcher(failing, max_texts=10, max_latency_s=60, overloaded=Overloaded)
         with pytest.raises(RuntimeError, match="model failed"):
@@ -254,11 +256,6 @@ def test_with_two_call_slots_a_second_request_runs_beside_the_first_and_a_third_
 
 
 def test_a_call_slot_freed_by_a_failing_call_serves_the_next_request() -> None:
-    def failing(requests: list[list[str]]) -> list:
-        if any("boom" in texts for texts in requests):
-            raise RuntimeError("model failed")
-        return [len(texts) for texts in requests]
-
     async def scenario() -> list:
         batch = GreedyBatcher(failing, max_texts=10, max_latency_s=60, overloaded=Overloaded, calls=2)
         failed = await asyncio.gather(batch(["boom"]), batch(["boom", "again"]), return_exceptions=True)
