@@ -384,8 +384,8 @@ class ServeParams(Block):
     layout: Literal["auto", "single", "split"] = "auto"  # split: API workers in front of one model process; auto:
     # split on a CUDA machine, single otherwise
     batch_gather: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
-    # forward passes at once per process holding the model, each on an equal share of its cores; auto: 1 on a GPU,
-    # 2 on a CPU where the process has 2 or more cores
+    # forward passes at once per process holding the model, each on an equal share of its cores; auto: 2 on a CPU
+    # where the process has 2 or more cores and the runtime's pass runs without the interpreter lock, else 1
     forward_passes: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
     top_k: Annotated[int, Field(ge=1)] = 3
     access_log: bool = True
