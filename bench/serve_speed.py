@@ -33,8 +33,8 @@ pessimistic.
 Without a champion, the model served is self-contained: the base MiniLM with a new 3-label head fitted in seconds
 by logistic regression on the frozen encoder (speed does not depend on the weights' values, but the faster
 runtimes' parity gate compares labels, and an untrained head's near-tied ones flip under bf16's rounding), stored in
-a temporary BentoML store; --model-dir serves a trained model folder instead, and --random-init builds the model from the base's config.json with random weights (a base folder without weights will
-do). The load generator is wrk (`apt-get install wrk`, or WRK=/path/to/wrk). Figures depend on what else the
+a temporary BentoML store; --model-dir serves a trained model folder instead, and --random-init builds the model
+from the base's config.json with random weights (a base folder without weights will do). The load generator is wrk (`apt-get install wrk`, or WRK=/path/to/wrk). Figures depend on what else the
 machine is doing: run it on a quiet machine.
 """
 

@@ -46,6 +46,8 @@ model_seconds = bentoml.metrics.Histogram(
     buckets=_SECONDS_BUCKETS,
 )
 
+AUTO_PASSES = 2  # serve.forward_passes auto, where passes overlap on a CPU with a core for each
+
 
 def request_batcher(predict: Callable[[Sequence[list[Any]]], Any], serve: ServeParams,
                     overloaded: Callable[[], Exception], calls: int = 1, **options: Any) -> GreedyBatcher:
@@ -93,7 +95,7 @@ class ModelRunner:
         process_threads = share_cpu_threads(processes)
         # How many passes run at once is settled by the predictor loaded, but ONNX Runtime fixes its threads when its
         # session is made: load with each pass's share of the most passes the setting allows, settle, then share.
-        most = 2 if serve.forward_passes == "auto" else serve.forward_passes
+        most = AUTO_PASSES if serve.forward_passes == "auto" else serve.forward_passes
         _use_threads(max(1, process_threads // most))
         # what the stored model classifies (its tuneline.json), with the params' block for it (request limits)
         self.modality = modalities.for_model(stored_path, params)
@@ -190,7 +192,7 @@ def forward_passes(setting: int | str, predictor: Any, processes: int = 1) -> in
     if setting != "auto":
         return int(setting)
     overlap = predictor.device == "cpu" and getattr(predictor, "overlapping_passes", False)
-    return 2 if overlap and _cores() // processes >= 2 else 1
+    return AUTO_PASSES if overlap and _cores() // processes >= AUTO_PASSES else 1
 
 
 def share_cpu_threads(processes: int) -> int:
