@@ -38,3 +38,22 @@ def test_training_encodes_texts_as_serving_does(tokenizer) -> None:
     padded = EncodedTexts(tokenizer, frame, {"a": 0, "b": 1}, 32, pad_to_max_length=True, truncation="head_tail")
     assert {len(item["input_ids"]) for item in padded.items} == {32}
     assert sum(padded.items[1]["attention_mask"]) == len(served["input_ids"][1])
+
+
+
+def test_monitor_signals_read_whole_texts_and_leave_the_shared_tokenizer_as_it_was(tokenizer) -> None:
+    """The service's event loop reads the signals while its forward passes tokenise on other threads: the read must
+    neither switch off a pass's truncation nor see a text cut by it."""
+    from types import SimpleNamespace
+
+    from components.config import DataParams, Params
+    from components.modalities import for_params
+
+    ending_unknown = " ".join(["plot"] * 300) + " \u2603"  # 300 known tokens, then one the vocabulary lacks
+    texts = [ending_unknown, "a short review", ""]
+    tokenize(tokenizer, texts, 16, "head")  # a pass with head truncation leaves the shared backend truncating
+    state = tokenizer.backend_tokenizer.truncation
+    assert state is not None and state["max_length"] == 16
+    signals = for_params(Params(data=DataParams())).signals(texts, SimpleNamespace(tokenizer=tokenizer))
+    assert signals["unknown_tokens"] == [pytest.approx(1 / 301), 0.0, 0.0]
+    assert tokenizer.backend_tokenizer.truncation == state

@@ -215,12 +215,12 @@ class TextModality(Modality):
     def signals(self, items: list[Any], predictor: Any) -> dict[str, list[float]]:
         """Each text's length in characters and the share of its tokens the model's tokenizer does not know, both of
         the text as normalised for the model (the prepared splits hold normalised texts)."""
+        from components.modalities.text.model import token_ids
         from components.modalities.text.normalise import normalise
 
         texts = [normalise(text) for text in items]
-        tokenizer = predictor.tokenizer
-        ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"] if texts else []
-        unknown = tokenizer.unk_token_id
+        ids = token_ids(predictor.tokenizer, texts) if texts else []
+        unknown = predictor.tokenizer.unk_token_id
         return {"length": [float(len(text)) for text in texts],
                 "unknown_tokens": [sum(i == unknown for i in row) / len(row) if row else 0.0 for row in ids]}
 

@@ -3,7 +3,9 @@ with a new head, frozen as model.* asks, and the train split tokenised once for 
 
 from __future__ import annotations
 
+import copy
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,31 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, truncation: str 
     ids = [prefix + (tokens if len(tokens) <= room else tokens[:head] + tokens[len(tokens) - (room - head):]) + suffix
            for tokens in encoded["input_ids"]]
     return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+
+
+# tokenizer -> a private copy of its Rust backend that never truncates or pads (token_ids)
+_PLAIN_BACKENDS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids, whole and without special tokens, read without touching the tokenizer's own state.
+
+    transformers switches the shared Rust backend's truncation on or off on every call, and a serving worker calls
+    it from its forward-pass threads while the event loop reads the monitor's signals: with text.truncation head, a
+    signal read at the wrong moment saw a text cut to max_length tokens (191 of 3,000 reads beside two busy passes),
+    and a pass could have lost its truncation. So this reads through a copy of the backend of its own (also ~40%
+    cheaper per text than the wrapper); a tokenizer without a Rust backend is called as it is.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+    plain = _PLAIN_BACKENDS.get(tokenizer)
+    if plain is None:
+        plain = copy.deepcopy(backend)
+        plain.no_truncation()
+        plain.no_padding()
+        _PLAIN_BACKENDS[tokenizer] = plain
+    return [encoding.ids for encoding in plain.encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
