@@ -40,7 +40,6 @@ def test_training_encodes_texts_as_serving_does(tokenizer) -> None:
     assert sum(padded.items[1]["attention_mask"]) == len(served["input_ids"][1])
 
 
-
 def test_monitor_signals_read_whole_texts_and_leave_the_shared_tokenizer_as_it_was(tokenizer) -> None:
     """The service's event loop reads the signals while its forward passes tokenise on other threads: the read must
     neither switch off a pass's truncation nor see a text cut by it."""
