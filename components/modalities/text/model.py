@@ -148,10 +148,10 @@ def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     """Each text's token ids, whole and without special tokens, read without touching the tokenizer's own state.
 
     transformers switches the shared Rust backend's truncation on or off on every call, and a serving worker calls
-    it from its forward-pass threads while the event loop reads the monitor's signals: with text.truncation head, a
-    signal read at the wrong moment saw a text cut to max_length tokens (191 of 3,000 reads beside two busy passes),
-    and a pass could have lost its truncation. So this reads through a copy of the backend of its own (also ~40%
-    cheaper per text than the wrapper); a tokenizer without a Rust backend is called as it is.
+    it from its forward-pass threads while the event loop reads the monitor's signals: with text.truncation head,
+    beside two busy passes 165 of 3,000 signal reads saw a text cut to max_length tokens and 20 of 600 passes got
+    their long texts uncut (past 512 tokens the network fails). So this reads through a copy of the backend of its
+    own (also ~40% cheaper per text than the wrapper); a tokenizer without a Rust backend is called as it is.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
