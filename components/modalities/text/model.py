@@ -131,12 +131,11 @@ def tokenize(tokenizer: Any, texts: list[str], max_length: int, truncation: str 
     """
     if truncation == "head":
         return dict(tokenizer(texts, truncation=True, max_length=max_length))
-    encoded = tokenizer(texts, truncation=False, add_special_tokens=False, verbose=False)
     prefix, suffix = special_tokens(tokenizer)
     room = max_length - len(prefix) - len(suffix)
     head = max(1, int(room * HEAD_SHARE))
     ids = [prefix + (tokens if len(tokens) <= room else tokens[:head] + tokens[len(tokens) - (room - head):]) + suffix
-           for tokens in encoded["input_ids"]]
+           for tokens in token_ids(tokenizer, texts)]
     return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
 
 
@@ -151,7 +150,8 @@ def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     it from its forward-pass threads while the event loop reads the monitor's signals: with text.truncation head,
     beside two busy passes 165 of 3,000 signal reads saw a text cut to max_length tokens and 20 of 600 passes got
     their long texts uncut (past 512 tokens the network fails). So this reads through a copy of the backend of its
-    own (also ~40% cheaper per text than the wrapper); a tokenizer without a Rust backend is called as it is.
+    own (also ~40% cheaper per text than the wrapper), and so does `tokenize` for head_tail, which needs the same
+    whole ids; a tokenizer without a Rust backend is called as it is.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
