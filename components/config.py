@@ -302,6 +302,9 @@ class TrainParams(Block):
     logging_steps: Annotated[int, Field(ge=1)] = 25  # loss and learning rate logged (dvclive) every N steps
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # autocast while training (the weights stay fp32): auto = bf16 on a CUDA GPU that has it, else fp16 there, fp32 on
+    # the CPU; bf16 on the CPU pays where it has native bf16 (AVX-512 BF16 or AMX): README, Training speed
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     calibrate: bool = True  # fit a temperature on the val split after training; evaluate and serving apply it
     contrastive_pairs: Annotated[int, Field(ge=1, le=1000)] = 20  # rounds of pairs per train text (SetFit: 20)
     contrastive_epochs: Literal["auto"] | Annotated[float, Field(gt=0.0, le=100.0)] = "auto"  # passes over the pairs
@@ -315,6 +318,9 @@ class TrainParams(Block):
 
     @model_validator(mode="after")
     def _nodes_meet_somewhere(self) -> TrainParams:
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("train.precision fp16 needs a CUDA GPU, and train.device is cpu; set train.precision to "
+                             "bf16 (CPUs with AVX-512 BF16 or AMX run it fastest) or fp32")
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError(f"train.nnodes is {self.nnodes}, but train.rdzv_endpoint is not set; give node 0's "
                              "host:port (e.g. 10.0.0.1:29500), the same on every node")

@@ -126,18 +126,48 @@ def macro_f1_metrics(eval_prediction: Any) -> dict[str, float]:
     }
 
 
+def mixed_precision(params: TrainParams, device: str) -> str:
+    """train.precision for the device this run trains on: fp32, bf16 or fp16 (autocast; the weights stay fp32).
+    auto is bf16 on a CUDA GPU that has it, fp16 on one that does not, fp32 on the CPU. A choice the device cannot
+    run is a StageError that says what to set; bf16 on a CPU without native bf16 runs, with a warning that it is
+    slower there than fp32."""
+    import torch
+
+    cuda = device == "cuda"
+    precision = params.precision
+    if precision == "auto":
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise StageError(f"train.precision fp16 needs a CUDA GPU, and this run trains on the {device}; set "
+                         "train.precision to bf16 (CPUs with AVX-512 BF16 or AMX) or fp32")
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise StageError(f"train.precision bf16: this GPU ({torch.cuda.get_device_name()}) has no bf16; set "
+                         "train.precision to fp16 or auto")
+    if precision == "bf16" and not cuda and not native_cpu_bf16():
+        log.warning("train.precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 autocast "
+                    "emulates it and trains slower than fp32; set train.precision to auto or fp32")
+    return precision
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86: AVX-512 BF16 or AMX tiles, as torch's CPU checks report)."""
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
 def training_arguments(params: TrainParams, output_dir: str, device: str, has_val: bool,
                        length_grouping: bool | None = None, world_size: int = 1) -> Any:
     """TrainingArguments from the train block: AdamW, warmup + decay, per-epoch (or every checkpoint_steps)
     evaluation and checkpoint, the best checkpoint kept."""
-    import torch
     from transformers import TrainingArguments
 
     if "auto" in (params.epochs, params.learning_rate, params.method):
         raise ValueError("train.epochs, learning_rate and method auto are resolved by the train stage "
                          "(components.train.resolved, components/recipe.py) before the Trainer's arguments are made")
     cuda = device == "cuda"
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    precision = mixed_precision(params, device)
     group = params.group_by_length if length_grouping is None else length_grouping
     every = "steps" if params.checkpoint_steps else "epoch"
     return TrainingArguments(
@@ -166,8 +196,8 @@ def training_arguments(params: TrainParams, output_dir: str, device: str, has_va
         seed=params.seed,
         data_seed=params.seed,
         use_cpu=not cuda,
-        bf16=bf16,
-        fp16=cuda and not bf16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         ddp_backend=("nccl" if cuda else "gloo") if world_size > 1 else None,
         report_to=[],
         dataloader_num_workers=0,

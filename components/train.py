@@ -18,7 +18,7 @@ import pandas as pd
 
 from components import modalities, recipe
 from components.config import AugmentParams, ModelParams, Params, TrainParams
-from components.engine import CandidateScore, Job, TrainResult, fit, run_fingerprint, training_data
+from components.engine import CandidateScore, Job, TrainResult, fit, mixed_precision, run_fingerprint, training_data
 from components.features import NotCacheable, on_cached_features
 from components.io import META_FILE, read_json, write_json
 from components.modalities import Built, Modality
@@ -181,6 +181,7 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
     if method == "contrastive" and not model_params.freeze_backbone:
         log.info("train.method contrastive: the tuned encoder stays frozen while the head trains")
         model_params = model_params.model_copy(update={"freeze_backbone": True})
+    precision = mixed_precision(train_params, device)  # a precision the device cannot run stops here, before any work
     set_seed(train_params.seed)
     built = modality.build(labels, model_params)
     tuned = modality.tune_contrastively(built, train, train_params, device) if method == "contrastive" else {}
@@ -190,8 +191,8 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
                              "set train.num_processes to 1 or gradual_unfreeze to 0")
         built.thaw.apply(0, built.model)  # the first epoch trains the head only
     trainable, total = parameter_counts(built.model)
-    log.info("trainable parameters: %s of %s (%.2f%%), %s, device %s, %d process(es)", f"{trainable:,}",
-             f"{total:,}", 100 * trainable / total, built.meta.get("base_model"), device, world_size)
+    log.info("trainable parameters: %s of %s (%.2f%%), %s, device %s (%s), %d process(es)", f"{trainable:,}",
+             f"{total:,}", 100 * trainable / total, built.meta.get("base_model"), device, precision, world_size)
     job = plan(modality, built, train, val, (Path(augmented_dir), Path(prepared_dir)), labels, model_params,
                train_params, device, cache_dir, world_size)
     # The model's own loss is plain cross-entropy. Ours under DDP: there Trainer multiplies the loss by the process
@@ -205,7 +206,8 @@ def run(model_params: ModelParams, train_params: TrainParams, modality: Modality
              modality.items, result.best_val_macro_f1)
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(metrics_path, {**read_json(metrics_path), "epochs": epochs, "method": method,
-                                  "learning_rate": train_params.learning_rate, "recipe": chosen, **tuned})
+                                  "learning_rate": train_params.learning_rate, "precision": precision, "recipe": chosen,
+                                  **tuned})
     if train_params.calibrate and len(val) and int(os.environ.get("RANK", "0")) == 0:
         calibrate(modality, Path(out_dir), val, Path(prepared_dir), labels, device, train_params.batch_size * 2,
                   metrics_path)

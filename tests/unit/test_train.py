@@ -164,3 +164,48 @@ def test_multi_node_params_that_cannot_meet_are_refused(train, words) -> None:
 
     with pytest.raises(ValidationError, match=words):
         TrainParams(**train)
+
+
+def test_precision_auto_is_fp32_on_the_cpu_and_bf16_reaches_the_trainer(tmp_path) -> None:
+    from components.engine import mixed_precision, training_arguments
+
+    fixed = {"epochs": 1, "learning_rate": 5e-5, "method": "finetune"}
+    assert mixed_precision(TrainParams(**fixed), "cpu") == "fp32"
+    args = training_arguments(TrainParams(**fixed, precision="bf16"), str(tmp_path), "cpu", has_val=False)
+    assert args.bf16 and not args.fp16 and args.use_cpu
+
+
+def test_precision_the_device_cannot_run_is_named_before_training(monkeypatch, caplog) -> None:
+    from components import engine
+    from components.config import ConfigError
+
+    with pytest.raises(StageError, match="fp16 needs a CUDA GPU.*set train.precision to bf16"):
+        engine.mixed_precision(TrainParams(precision="fp16"), "cpu")
+    with pytest.raises(ConfigError, match="train.precision fp16 needs a CUDA GPU, and train.device is cpu"):
+        parse_params({"train": {"precision": "fp16", "device": "cpu"}})
+    monkeypatch.setattr(engine, "native_cpu_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="components.engine"):
+        assert engine.mixed_precision(TrainParams(precision="bf16"), "cpu") == "bf16"
+    assert "no native bf16" in caplog.text and "set train.precision to auto or fp32" in caplog.text
+
+
+def test_bf16_training_on_the_cpu_computes_in_bf16_and_keeps_fp32_weights(tiny_config, tmp_path) -> None:
+    """train.precision bf16 on the CPU: the Trainer runs the forward pass under bf16 autocast (a linear layer's output
+    is bf16), the weights it updates stay fp32, and the loss is finite."""
+    from transformers import Trainer
+
+    from components.engine import training_arguments
+
+    model = fresh(tiny_config)
+    seen: list[torch.dtype] = []
+    model.classifier.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    rows = [{"input_ids": torch.tensor([1, 5 + i % 7, 9, 2]), "labels": torch.tensor(i % 3)} for i in range(16)]
+    before = model.classifier.weight.detach().clone()
+    params = TrainParams(epochs=1, learning_rate=1e-3, method="finetune", precision="bf16", batch_size=8)
+    trainer = Trainer(model=model, args=training_arguments(params, str(tmp_path), "cpu", has_val=False),
+                      train_dataset=rows)
+    output = trainer.train()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert model.classifier.weight.dtype == torch.float32
+    assert not torch.equal(model.classifier.weight.detach(), before)
+    assert torch.isfinite(torch.tensor(output.training_loss))
