@@ -5,9 +5,10 @@
   (a) default  - the train block as params.yaml ships it: dynamic padding, length-grouped batches, tokenised once;
   (b) naive    - every text padded to text.max_tokens (128), batches in random order;
   (c) probe    - the backbone frozen, the head trained on the frozen-feature cache (computed in epoch 1);
+  (d) bf16     - (a) under bf16 autocast on the CPU (train.precision bf16; pays on a CPU with AVX-512 BF16 or AMX);
 
 each in a child process of its own, so peak resident memory (RSS) is that configuration's alone. Printed: samples/s
-and real (unpadded) tokens/s per epoch, peak RSS, validation macro-F1, the ratios a/b and c/b, and an MFU-style
+and real (unpadded) tokens/s per epoch, peak RSS, validation macro-F1, the ratios a/b, c/b and d/a, and an MFU-style
 figure: the model FLOP/s achieved on real tokens divided by a dense fp32 matmul's FLOP/s measured in this run.
 Targets: a/b >= 2, c/b >= 10 on epochs after the first, RSS of (a) under 3 GB, MFU aim 40%.
 Figures depend on what else the machine is doing: run it on a quiet machine.
@@ -35,6 +36,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "default": {"model": {}, "train": {"epochs": 2}},
     "naive": {"model": {}, "train": {"epochs": 1, "padding": "max_length", "group_by_length": False}},
     "probe": {"model": {"freeze_backbone": True}, "train": {"epochs": 3, "learning_rate": 1e-3}},
+    "bf16": {"model": {}, "train": {"epochs": 2, "precision": "bf16"}},
 }
 
 
@@ -74,6 +76,7 @@ def one(name: str, data: Path, work: Path) -> dict[str, Any]:
 
     configure_environment()
     from components import modalities, train
+    from components.engine import native_cpu_bf16
 
     spec = CONFIGS[name]
     model_params = ModelParams(**spec["model"])
@@ -101,6 +104,7 @@ def one(name: str, data: Path, work: Path) -> dict[str, Any]:
         "flops_per_epoch": model_flops(model_params, lengths, backward=not model_params.freeze_backbone),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "matmul_flops": matmul_flops(),
+        "native_bf16": native_cpu_bf16(),
     }
 
 
@@ -131,11 +135,11 @@ def report(results: dict[str, dict[str, Any]]) -> str:
     for name, r in results.items():
         first, later = rates(r)
         tokens = later * r["tokens"] / r["rows"]
-        mfu = _mfu(r, peak) if name != "probe" else None
+        mfu = _mfu(r, peak) if name in ("default", "naive") else None  # against an fp32 matmul: fp32 runs only
         lines.append(f"{name:<9}{r['rows']:>6}{len(r['epoch_seconds']):>7}{first:>15.1f}{later:>17.1f}"
                      f"{tokens:>10.0f}{r['peak_rss_bytes'] / 1024**3:>9.2f}G{r['val_macro_f1']:>8.4f}"
                      f"{(f'{100 * mfu:.0f}%' if mfu is not None else '-'):>7}")
-    a, b, c = (rates(results[n]) for n in ("default", "naive", "probe"))
+    a, b, c, d = (rates(results[n]) for n in ("default", "naive", "probe", "bf16"))
     default_over_naive = a[1] / b[1]
     probe_over_naive = c[1] / b[1]
     rss = results["default"]["peak_rss_bytes"]
@@ -146,6 +150,9 @@ def report(results: dict[str, dict[str, Any]]) -> str:
               f"c/b probe+cache / naive samples/s, epochs after the first: {probe_over_naive:.0f}x "
               f"(target >= {TARGET_PROBE_OVER_NAIVE:.0f}x: {_ok(probe_over_naive >= TARGET_PROBE_OVER_NAIVE)}); "
               f"epoch 1 with the cache computed: {c[0] / b[1]:.1f}x",
+              f"d/a bf16 / fp32 default samples/s, epochs after the first: {d[1] / a[1]:.2f}x (this CPU has native "
+              f"bf16: {'yes' if results['bf16']['native_bf16'] else 'no'}; val macro-F1 "
+              f"{results['bf16']['val_macro_f1']:.4f} against {results['default']['val_macro_f1']:.4f})",
               f"peak RSS of default training: {rss / 1024**3:.2f} GB (target < 3 GB: {_ok(rss < TARGET_RSS_BYTES)})",
               f"MFU-style, default training: {100 * mfu:.0f}% of the measured matmul FLOP/s (aim {MFU_AIM:.0%})"]
     return "\n".join(lines)
