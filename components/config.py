@@ -317,10 +317,14 @@ class TrainParams(Block):
         return self.num_processes * self.nnodes
 
     @model_validator(mode="after")
-    def _nodes_meet_somewhere(self) -> TrainParams:
+    def _precision_fits_the_device(self) -> TrainParams:
         if self.precision == "fp16" and self.device == "cpu":
             raise ValueError("train.precision fp16 needs a CUDA GPU, and train.device is cpu; set train.precision to "
                              "bf16 (CPUs with AVX-512 BF16 or AMX run it fastest) or fp32")
+        return self
+
+    @model_validator(mode="after")
+    def _nodes_meet_somewhere(self) -> TrainParams:
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise ValueError(f"train.nnodes is {self.nnodes}, but train.rdzv_endpoint is not set; give node 0's "
                              "host:port (e.g. 10.0.0.1:29500), the same on every node")

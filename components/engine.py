@@ -7,6 +7,7 @@ A modality builds the module and its datasets (components/modalities); the train
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,9 +145,15 @@ def mixed_precision(params: TrainParams, device: str) -> str:
         raise StageError(f"train.precision bf16: this GPU ({torch.cuda.get_device_name()}) has no bf16; set "
                          "train.precision to fp16 or auto")
     if precision == "bf16" and not cuda and not native_cpu_bf16():
-        log.warning("train.precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 autocast "
-                    "emulates it and trains slower than fp32; set train.precision to auto or fp32")
+        _warn_emulated_bf16()
     return precision
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    """Once per process: each Trainer of a run resolves the precision."""
+    log.warning("train.precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 autocast emulates "
+                "it and trains slower than fp32; set train.precision to auto or fp32")
 
 
 def native_cpu_bf16() -> bool:

@@ -184,6 +184,7 @@ def test_precision_the_device_cannot_run_is_named_before_training(monkeypatch, c
     with pytest.raises(ConfigError, match="train.precision fp16 needs a CUDA GPU, and train.device is cpu"):
         parse_params({"train": {"precision": "fp16", "device": "cpu"}})
     monkeypatch.setattr(engine, "native_cpu_bf16", lambda: False)
+    engine._warn_emulated_bf16.cache_clear()  # warned once per process: another test may have warned first
     with caplog.at_level("WARNING", logger="components.engine"):
         assert engine.mixed_precision(TrainParams(precision="bf16"), "cpu") == "bf16"
     assert "no native bf16" in caplog.text and "set train.precision to auto or fp32" in caplog.text
