@@ -149,6 +149,13 @@ def mixed_precision(params: TrainParams, device: str) -> str:
     return precision
 
 
+def autocast_flags(params: TrainParams, device: str) -> dict[str, bool]:
+    """mixed_precision as the bf16 / fp16 keyword arguments of transformers' and sentence-transformers' training
+    arguments alike, so every Trainer of a run gets the same precision."""
+    precision = mixed_precision(params, device)
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
 @functools.cache
 def _warn_emulated_bf16() -> None:
     """Once per process: each Trainer of a run resolves the precision."""
@@ -174,7 +181,6 @@ def training_arguments(params: TrainParams, output_dir: str, device: str, has_va
         raise ValueError("train.epochs, learning_rate and method auto are resolved by the train stage "
                          "(components.train.resolved, components/recipe.py) before the Trainer's arguments are made")
     cuda = device == "cuda"
-    precision = mixed_precision(params, device)
     group = params.group_by_length if length_grouping is None else length_grouping
     every = "steps" if params.checkpoint_steps else "epoch"
     return TrainingArguments(
@@ -203,8 +209,7 @@ def training_arguments(params: TrainParams, output_dir: str, device: str, has_va
         seed=params.seed,
         data_seed=params.seed,
         use_cpu=not cuda,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
+        **autocast_flags(params, device),
         ddp_backend=("nccl" if cuda else "gloo") if world_size > 1 else None,
         report_to=[],
         dataloader_num_workers=0,

@@ -23,7 +23,7 @@ import pandas as pd
 
 from components import recipe
 from components.config import TrainParams
-from components.engine import mixed_precision
+from components.engine import autocast_flags
 from components.modalities import Built
 from components.modalities.text.pooling import META_KEY as POOLING_KEY
 from components.modalities.text.pooling import NORMALISED_MEAN, reads_pooler
@@ -88,14 +88,13 @@ def tune(built: Built, train: pd.DataFrame, params: TrainParams, max_tokens: int
     rows = train[~train["augmented"].astype(bool)] if "augmented" in train.columns else train
     pairs = sentence_pairs(rows, params.contrastive_pairs, params.seed)
     encoder = encoder_of(built.source, max_tokens, device)
-    precision = mixed_precision(params, device)
     with tempfile.TemporaryDirectory(prefix="tuneline-contrastive-") as output:
         arguments = SentenceTransformerTrainingArguments(
             output_dir=output, num_train_epochs=passes,
             per_device_train_batch_size=params.batch_size, learning_rate=params.contrastive_learning_rate,
             warmup_steps=params.warmup_ratio, weight_decay=params.weight_decay, seed=params.seed,
-            use_cpu=device == "cpu", bf16=precision == "bf16", fp16=precision == "fp16", save_strategy="no",
-            report_to=[], disable_tqdm=True, logging_strategy="no")
+            use_cpu=device == "cpu", save_strategy="no", report_to=[], disable_tqdm=True, logging_strategy="no",
+            **autocast_flags(params, device))
         trainer = SentenceTransformerTrainer(model=encoder, args=arguments, train_dataset=Dataset.from_pandas(pairs),
                                              loss=loss(encoder))
         steps = trainer.train().global_step
