@@ -112,19 +112,21 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(project: Pa
     first = subprocess.Popen(tune_command(project), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # kill it in the middle of its second trial
+    while time.monotonic() < deadline:  # kill it in the middle of its second trial, once that one drew its params
         time.sleep(0.5)
         try:
-            states = [t.state.name for t in study_of(project, "killed").get_trials()]
+            trials = study_of(project, "killed").get_trials()
         except KeyError:
             continue
-        if states.count("COMPLETE") == 1 and "RUNNING" in states:
+        if ([t.state.name for t in trials].count("COMPLETE") == 1
+                and any(t.state.name == "RUNNING" and t.params for t in trials)):
             break
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     before = study_of(project, "killed").get_trials()
     assert [t.state.name for t in before].count("COMPLETE") == 1
     killed = next(t for t in before if t.state.name == "RUNNING")
+    assert killed.params  # a trial killed before it drew any would be retried with fresh ones, which proves less
     time.sleep(5)  # past the heartbeat's grace period (4 x tune.heartbeat_s): the trial's worker is known dead
 
     again = subprocess.run(tune_command(project), capture_output=True, text=True, timeout=600)
