@@ -303,9 +303,14 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     sizes = (8,) if args.quick else args.sizes
+    from components.engine import mixed_precision
+    from components.predict import pick_device
+
+    device = pick_device(TrainParams().device)
     print(f"Few labels, Tuneline against SetFit: tasks {args.tasks}, sizes {[s or 'all' for s in sizes]} per class, "
           f"{1 if args.quick else args.draws} draw(s) from draw {args.first_draw}"
-          f"{' (quick: figures mean nothing)' if args.quick else ''}",
+          f"{' (quick: figures mean nothing)' if args.quick else ''}; Tuneline trains on the {device} in "
+          f"{mixed_precision(TrainParams(), device)} (train.precision auto), SetFit with its defaults",
           flush=True)
     started = time.perf_counter()
     if args.record is not None:

@@ -7,6 +7,9 @@
   (c) probe    - the backbone frozen, the head trained on the frozen-feature cache (computed in epoch 1);
   (d) bf16     - (a) under bf16 autocast on the CPU (train.precision bf16; pays on a CPU with AVX-512 BF16 or AMX);
 
+(a)-(c) run in fp32, so that their ratios mean the same on every CPU; train.precision auto picks (d)'s bf16 where the
+CPU has native bf16 (d/a says what that buys) and (a)'s fp32 elsewhere;
+
 each in a child process of its own, so peak resident memory (RSS) is that configuration's alone. Printed: samples/s
 and real (unpadded) tokens/s per epoch, peak RSS, validation macro-F1, the ratios a/b, c/b and d/a, and an MFU-style
 figure: the model FLOP/s achieved on real tokens divided by a dense fp32 matmul's FLOP/s measured in this run.
@@ -33,9 +36,10 @@ TARGET_RSS_BYTES = 3 * 1024**3
 MFU_AIM = 0.40
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "default": {"model": {}, "train": {"epochs": 2}},
-    "naive": {"model": {}, "train": {"epochs": 1, "padding": "max_length", "group_by_length": False}},
-    "probe": {"model": {"freeze_backbone": True}, "train": {"epochs": 3, "learning_rate": 1e-3}},
+    "default": {"model": {}, "train": {"epochs": 2, "precision": "fp32"}},
+    "naive": {"model": {}, "train": {"epochs": 1, "padding": "max_length", "group_by_length": False,
+                                     "precision": "fp32"}},
+    "probe": {"model": {"freeze_backbone": True}, "train": {"epochs": 3, "learning_rate": 1e-3, "precision": "fp32"}},
     "bf16": {"model": {}, "train": {"epochs": 2, "precision": "bf16"}},
 }
 

@@ -302,8 +302,8 @@ class TrainParams(Block):
     logging_steps: Annotated[int, Field(ge=1)] = 25  # loss and learning rate logged (dvclive) every N steps
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # autocast while training (the weights stay fp32): auto = bf16 on a CUDA GPU that has it, else fp16 there, fp32 on
-    # the CPU; bf16 on the CPU pays where it has native bf16 (AVX-512 BF16 or AMX): README, Training speed
+    # autocast while training (the weights stay fp32): auto = bf16 on a CUDA GPU that has it, else fp16 there; on the
+    # CPU bf16 where it has native bf16 (AVX-512 BF16 or AMX), else fp32: README, Training speed
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     calibrate: bool = True  # fit a temperature on the val split after training; evaluate and serving apply it
     contrastive_pairs: Annotated[int, Field(ge=1, le=1000)] = 20  # rounds of pairs per train text (SetFit: 20)

@@ -104,7 +104,7 @@ def test_default_train_params_keep_the_models_own_loss() -> None:
 
 
 def test_training_arguments_carry_the_train_block(tmp_path) -> None:
-    from components.engine import training_arguments
+    from components.engine import native_cpu_bf16, training_arguments
 
     params = TrainParams(epochs=2, learning_rate=5e-5, method="finetune", gradient_accumulation_steps=4,
                          batch_size=8, lr_scheduler="cosine", warmup_ratio=0.2)
@@ -112,7 +112,7 @@ def test_training_arguments_carry_the_train_block(tmp_path) -> None:
     assert args.gradient_accumulation_steps == 4 and args.per_device_train_batch_size == 8
     assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.2
     assert args.metric_for_best_model == "macro_f1" and args.load_best_model_at_end
-    assert not args.bf16 and not args.fp16 and args.num_train_epochs == 2
+    assert args.bf16 == native_cpu_bf16() and not args.fp16 and args.num_train_epochs == 2  # precision auto
 
 
 def test_augmented_data_from_another_run_than_the_prepared_labels_is_named(tmp_path) -> None:
@@ -166,13 +166,17 @@ def test_multi_node_params_that_cannot_meet_are_refused(train, words) -> None:
         TrainParams(**train)
 
 
-def test_precision_auto_is_fp32_on_the_cpu_and_bf16_reaches_the_trainer(tmp_path) -> None:
-    from components.engine import mixed_precision, training_arguments
+def test_precision_auto_on_the_cpu_is_bf16_only_where_it_is_native_and_reaches_the_trainer(monkeypatch,
+                                                                                           tmp_path) -> None:
+    from components import engine
 
     fixed = {"epochs": 1, "learning_rate": 5e-5, "method": "finetune"}
-    assert mixed_precision(TrainParams(**fixed), "cpu") == "fp32"
-    args = training_arguments(TrainParams(**fixed, precision="bf16"), str(tmp_path), "cpu", has_val=False)
-    assert args.bf16 and not args.fp16 and args.use_cpu
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(engine, "native_cpu_bf16", lambda native=native: native)
+        assert engine.mixed_precision(TrainParams(**fixed), "cpu") == expected
+        assert engine.mixed_precision(TrainParams(**fixed, precision="fp32"), "cpu") == "fp32"  # the user's choice
+        args = engine.training_arguments(TrainParams(**fixed), str(tmp_path), "cpu", has_val=False)
+        assert (args.bf16, args.fp16, args.use_cpu) == (native, False, True)
 
 
 def test_precision_the_device_cannot_run_is_named_before_training(monkeypatch, caplog) -> None:
