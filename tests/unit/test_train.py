@@ -177,6 +177,8 @@ def test_precision_auto_on_the_cpu_is_bf16_only_where_it_is_native_and_reaches_t
         assert engine.mixed_precision(TrainParams(**fixed, precision="fp32"), "cpu") == "fp32"  # the user's choice
         args = engine.training_arguments(TrainParams(**fixed), str(tmp_path), "cpu", has_val=False)
         assert (args.bf16, args.fp16, args.use_cpu) == (native, False, True)
+    args = engine.training_arguments(TrainParams(**fixed, precision="bf16"), str(tmp_path), "cpu", has_val=False)
+    assert args.bf16 and not args.fp16 and args.use_cpu  # bf16 asked for reaches the Trainer, native or not
 
 
 def test_precision_the_device_cannot_run_is_named_before_training(monkeypatch, caplog) -> None:
