@@ -109,7 +109,7 @@ def plan(modality: Modality, built: Built, train: pd.DataFrame, val: pd.DataFram
         except NotCacheable as exc:
             log.info("feature cache off: %s", exc)
     fingerprint = run_fingerprint(model_params, train_params, built.source,
-                                  *(frame[[modality.column, "label"]] for frame in (train, val)),
+                                  *(frame.reindex(columns=[modality.column, "label"]) for frame in (train, val)),
                                   settings={modality.name: modality.settings.model_dump(mode="json")})
     return Job(trained=trained, train_data=train_data, val_data=val_data, collator=collator,
                save=_saver(built, modality, labels, model_params, train_params), checkpoint_id=fingerprint,
