@@ -37,7 +37,7 @@ DATA = DataParams()  # the built-in corpus, split as the pipeline splits it by d
 MODEL = ModelParams()  # all-MiniLM-L6-v2 from its pip package
 # The copies the recipe gives fine-tuning (0.5 per row); --copies overrides it. This benchmark measures what
 # augmentation does for fine-tuning at every size, so the method is fixed to finetune (train.recipe auto would tune
-# contrastively, without copies, up to 64 rows per class: bench/fewshot.py measures that).
+# contrastively, without copies, up to 512 rows per class: bench/fewshot.py measures that).
 AUGMENT = AugmentParams(copies_per_example=0.5)
 # A higher learning rate than the pipeline's 5e-5 and more epochs, so that 32 examples per class learn something;
 # no early stopping, so both runs of a size get the same epochs (the best epoch on val is still the one kept).

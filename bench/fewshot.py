@@ -11,7 +11,7 @@ draw's seed, and both systems learn from exactly those rows and nothing else (no
 per class has none to spare):
 
 - Tuneline as the pipeline ships it: components.augment.run then components.train.run with the shipped defaults
-  (params.yaml: train.recipe auto, so contrastive tuning without augmented copies up to 64 rows per class and
+  (params.yaml: train.recipe auto, so contrastive tuning without augmented copies up to 512 rows per class and
   fine-tuning with them above, train.epochs auto, the model's mean pooling), scored by components.evaluate.run;
 - SetFit 1.2 with its README's recipe on the same MiniLM checkpoint (bench/setfit_run.py, in its own venv):
   20 contrastive pairs per row tune the body, a logistic regression fits on the embeddings. On the whole train

@@ -306,7 +306,8 @@ class TrainParams(Block):
     # CPU bf16 where it has native bf16 (AVX-512 BF16 or AMX), else fp32: README, Training speed
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     calibrate: bool = True  # fit a temperature on the val split after training; evaluate and serving apply it
-    contrastive_pairs: Annotated[int, Field(ge=1, le=1000)] = 20  # rounds of pairs per train text (SetFit: 20)
+    # rounds of pairs per train text: auto = 20 (SetFit's) up to 64 rows per class, fewer above (components/recipe.py)
+    contrastive_pairs: Literal["auto"] | Annotated[int, Field(ge=1, le=1000)] = "auto"
     contrastive_epochs: Literal["auto"] | Annotated[float, Field(gt=0.0, le=100.0)] = "auto"  # passes over the pairs
     contrastive_learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-5
     contrastive_loss: Literal["auto", "cosent", "cosine"] = "auto"  # sentence-transformers' CoSENTLoss / SetFit's

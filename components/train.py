@@ -40,14 +40,17 @@ def resolved(params: TrainParams, model: ModelParams, modality: Modality, train:
                 f"{params.batch_size * params.gradient_accumulation_steps * world_size})"
     loss = recipe.contrastive_loss(params, len(labels))
     passes = recipe.contrastive_epochs(params, chosen.rows_per_class)
+    rounds = recipe.contrastive_pairs(params, chosen.rows_per_class)
     if chosen.method == "contrastive" and params.contrastive_loss == recipe.AUTO:
         line += f", train.contrastive_loss {loss} ({len(labels)} labels)"
     if chosen.method == "contrastive" and params.contrastive_epochs == recipe.AUTO:
         line += f", train.contrastive_epochs {passes:g}"
+    if chosen.method == "contrastive" and params.contrastive_pairs == recipe.AUTO:
+        line += f", train.contrastive_pairs {rounds}"
     log.info("%s", line)
     return params.model_copy(update={"method": chosen.method, "learning_rate": chosen.learning_rate,
                                      "epochs": epochs, "contrastive_loss": loss,
-                                     "contrastive_epochs": passes}), line
+                                     "contrastive_epochs": passes, "contrastive_pairs": rounds}), line
 
 
 def write_ranking(path: str | Path, chosen: str, ranking: list[CandidateScore]) -> None:

@@ -96,7 +96,13 @@ def test_the_train_stage_resolves_every_auto_key_and_says_so(caplog: pytest.LogC
     params, line = resolved(AUTO, ModelParams(), text, frame(16), ["a", "b"])
     assert params.contrastive_loss == "cosent" and "train.contrastive_loss cosent (2 labels)" in line
     params, line = resolved(AUTO, ModelParams(), text, frame(64, copies=1), ["a", "b"])
-    assert params.contrastive_epochs == 2.0 and line.endswith("train.contrastive_epochs 2")
+    assert params.contrastive_epochs == 2.0 and "train.contrastive_epochs 2," in line
+    assert params.contrastive_pairs == 20 and line.endswith("train.contrastive_pairs 20")
+    params, line = resolved(AUTO, ModelParams(), text, frame(recipe.CONTRASTIVE_UP_TO), ["a", "b"])
+    assert params.contrastive_pairs == recipe.contrastive_pairs(AUTO, recipe.CONTRASTIVE_UP_TO) < 20
+    assert line.endswith(f"train.contrastive_pairs {params.contrastive_pairs}")
+    params, line = resolved(TrainParams(contrastive_pairs=20), ModelParams(), text, frame(16), ["a", "b"])
+    assert params.contrastive_pairs == 20 and "contrastive_pairs" not in line  # a set key is not the rule's choice
     image = modalities.get("image")()
     params, _ = resolved(AUTO, ModelParams(), image, frame(16), ["a", "b"])
     assert params.method == "finetune"
@@ -116,6 +122,15 @@ def test_contrastive_epochs_auto_takes_a_second_pass_above_32_per_class() -> Non
     assert recipe.contrastive_epochs(TrainParams(recipe="fixed"), 64) == 1.0  # its value before the rule
 
 
+def test_contrastive_pairs_auto_keeps_the_pairs_per_label_at_64s_above_64_per_class() -> None:
+    rounds = [recipe.contrastive_pairs(AUTO, rows) for rows in (8, 64, 65, 128, 256, 500)]
+    assert rounds == [20, 20, 20, 10, 5, 3]  # ceil(20 * 64 / rows): 1280 / 65 = 19.7 rounds up to 20
+    assert all(rows * recipe.contrastive_pairs(AUTO, rows) >= 20 * 64 for rows in (64, 100, 128, 256, 500))
+    assert recipe.contrastive_pairs(AUTO, 10**6) == 1
+    assert recipe.contrastive_pairs(TrainParams(contrastive_pairs=20), 256) == 20  # a set key wins
+    assert recipe.contrastive_pairs(TrainParams(recipe="fixed"), 256) == 20  # its value before the rule
+
+
 def test_recipe_and_auto_values_are_checked() -> None:
     with pytest.raises(ConfigError, match="train.recipe: Input should be 'auto' or 'fixed'"):
         parse_params({"train": {"recipe": "smart"}})
@@ -123,6 +138,8 @@ def test_recipe_and_auto_values_are_checked() -> None:
         parse_params({"train": {"contrastive_loss": "triplet"}})
     with pytest.raises(ConfigError, match="train.contrastive_epochs"):
         parse_params({"train": {"contrastive_epochs": "twice"}})
+    with pytest.raises(ConfigError, match="train.contrastive_pairs"):
+        parse_params({"train": {"contrastive_pairs": 0}})
     with pytest.raises(ConfigError, match="augment.copies_per_example"):
         parse_params({"augment": {"copies_per_example": "lots"}})
     with pytest.raises(ConfigError, match="above max_copies_per_example"):

@@ -5,7 +5,8 @@ same-label pair's cosine is ranked above every other-label pair's) and SetFit's 
 more: each led on the built-in corpus's task of that kind (README, Few labels).
 
 Each train text gets `contrastive_pairs` partners of its own label (target similarity 1) and as many of another
-label (target 0); the encoder learns to put a label's texts together, which a few examples per class teach better
+label (target 0): under train.contrastive_pairs auto 20 rounds up to 64 texts per class, fewer above, so that the pairs
+stay as many as at 64. The encoder learns to put a label's texts together, which a few examples per class teach better
 than cross-entropy through a fresh head. Under train.contrastive_epochs auto the trainer makes one pass over the pairs
 up to 32 train texts per class and two above. The tuned weights are copied into the classifier's own encoder, so the
 model stays one safetensors folder that evaluate, the gate and the service load as before.
@@ -86,7 +87,8 @@ def tune(built: Built, train: pd.DataFrame, params: TrainParams, max_tokens: int
     passes = recipe.contrastive_epochs(params, recipe.original_rows_per_class(train, labels))
     started = time.perf_counter()
     rows = train[~train["augmented"].astype(bool)] if "augmented" in train.columns else train
-    pairs = sentence_pairs(rows, params.contrastive_pairs, params.seed)
+    pairs = sentence_pairs(rows, recipe.contrastive_pairs(params, recipe.original_rows_per_class(train, labels)),
+                           params.seed)
     encoder = encoder_of(built.source, max_tokens, device)
     with tempfile.TemporaryDirectory(prefix="tuneline-contrastive-") as output:
         arguments = SentenceTransformerTrainingArguments(
