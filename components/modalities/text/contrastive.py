@@ -84,11 +84,11 @@ def tune(built: Built, train: pd.DataFrame, params: TrainParams, max_tokens: int
     # the train stage passes these keys resolved; a direct caller with `auto` gets the same rule from the same counts
     labels = sorted(train["label"].astype(str).unique())
     loss = CoSENTLoss if recipe.contrastive_loss(params, len(labels)) == "cosent" else CosineSimilarityLoss
-    passes = recipe.contrastive_epochs(params, recipe.original_rows_per_class(train, labels))
+    rows_per_class = recipe.original_rows_per_class(train, labels)
+    passes = recipe.contrastive_epochs(params, rows_per_class)
     started = time.perf_counter()
     rows = train[~train["augmented"].astype(bool)] if "augmented" in train.columns else train
-    pairs = sentence_pairs(rows, recipe.contrastive_pairs(params, recipe.original_rows_per_class(train, labels)),
-                           params.seed)
+    pairs = sentence_pairs(rows, recipe.contrastive_pairs(params, rows_per_class), params.seed)
     encoder = encoder_of(built.source, max_tokens, device)
     with tempfile.TemporaryDirectory(prefix="tuneline-contrastive-") as output:
         arguments = SentenceTransformerTrainingArguments(
