@@ -41,12 +41,11 @@ def resolved(params: TrainParams, model: ModelParams, modality: Modality, train:
     loss = recipe.contrastive_loss(params, len(labels))
     passes = recipe.contrastive_epochs(params, chosen.rows_per_class)
     rounds = recipe.contrastive_pairs(params, chosen.rows_per_class)
-    if chosen.method == "contrastive" and params.contrastive_loss == recipe.AUTO:
-        line += f", train.contrastive_loss {loss} ({len(labels)} labels)"
-    if chosen.method == "contrastive" and params.contrastive_epochs == recipe.AUTO:
-        line += f", train.contrastive_epochs {passes:g}"
-    if chosen.method == "contrastive" and params.contrastive_pairs == recipe.AUTO:
-        line += f", train.contrastive_pairs {rounds}"
+    if chosen.method == "contrastive":  # the contrastive keys the rule decided, each named with its value
+        for key, value in (("contrastive_loss", f"{loss} ({len(labels)} labels)"),
+                           ("contrastive_epochs", f"{passes:g}"), ("contrastive_pairs", rounds)):
+            if getattr(params, key) == recipe.AUTO:
+                line += f", train.{key} {value}"
     log.info("%s", line)
     return params.model_copy(update={"method": chosen.method, "learning_rate": chosen.learning_rate,
                                      "epochs": epochs, "contrastive_loss": loss,
